@@ -1,0 +1,3 @@
+"""connprune: connectivity-aware pruning for PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""Model cost: parameter count and multiply-accumulates (MACs) of one forward pass.
+
+MACs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on a batch of one, as its FLOP total // 2.
+The counter sees only matrix products and convolutions (``mm``, ``addmm``, ``bmm``, ``convolution``, attention), so
+the result is the usual MAC convention of papers and tools such as thop/ptflops: every conv and linear layer's
+multiply-adds (grouped/depthwise convs counted per group, i.e. correctly), and nothing for biases, BatchNorm,
+activations, pooling or residual additions. Masked (zeroed but not removed) weights still count: the cost is that
+of the dense computation the model performs; physically shrunk models count less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class Cost:
+    """``params``: all parameters (trainable or not); ``macs``: multiply-accumulates of one forward, batch 1."""
+
+    params: int
+    macs: int
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters in ``model`` (each shared parameter once; buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of one forward pass of a single ``input_shape`` (C, H, W) input; see the module docstring.
+
+    The model runs in eval mode under ``torch.no_grad()`` on the device and dtype of its first parameter (or buffer;
+    CPU float32 if it has neither), and every submodule's ``training`` flag is restored afterwards.
+    """
+    reference = next(iter(model.parameters()), None)
+    if reference is None:
+        reference = next(iter(model.buffers()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    x = torch.zeros((1, *tuple(int(s) for s in input_shape)), device=device, dtype=dtype)
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+        return int(counter.get_total_flops()) // 2
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def cost(model: nn.Module, input_shape: tuple[int, int, int]) -> Cost:
+    """Parameters and MACs (batch 1, eval mode, no grad) of ``model`` on inputs of shape ``input_shape`` (C, H, W)."""
+    return Cost(params=count_params(model), macs=count_macs(model, input_shape))
