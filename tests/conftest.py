@@ -7,7 +7,8 @@ import torch
 
 from connprune import data
 
-torch.set_num_threads(2)
+# Most tests run tiny tensors: one intra-op thread is as fast and does not spin on a busy machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,17 @@ from connprune.models.registry import init_weights, register
 DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 
 
+def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
+    """Option-B shortcut (1×1 conv + BN) where the shape changes; ``None`` (identity) otherwise."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
 class BasicBlock(nn.Module):
-    """Two 3×3 conv-BN layers with an identity (or 1×1 conv + BN projection) shortcut."""
+    """Two 3×3 conv-BN layers with an identity (or 1×1 conv + BN projection) shortcut; also ResNet-18's block."""
+
+    expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -32,10 +41,7 @@ class BasicBlock(nn.Module):
         self.relu1 = nn.ReLU(inplace=False)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+        self.downsample = projection_shortcut(in_planes, planes, stride)
         self.relu2 = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

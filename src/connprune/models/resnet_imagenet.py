@@ -19,35 +19,7 @@ import torch
 from torch import nn
 
 from connprune.models.registry import boolean, init_weights, register
-
-
-def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
-    if stride == 1 and in_planes == out_planes:
-        return None
-    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
-
-
-class BasicBlock(nn.Module):
-    """ResNet-18/34 block: two 3×3 conv-BN layers and a shortcut."""
-
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU(inplace=False)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = _downsample(in_planes, planes, stride)
-        self.relu2 = nn.ReLU(inplace=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out = out + identity
-        return self.relu2(out)
+from connprune.models.resnet_cifar import BasicBlock, projection_shortcut
 
 
 class Bottleneck(nn.Module):
@@ -66,7 +38,7 @@ class Bottleneck(nn.Module):
         self.relu2 = nn.ReLU(inplace=False)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample = _downsample(in_planes, out_planes, stride)
+        self.downsample = projection_shortcut(in_planes, out_planes, stride)
         self.relu3 = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

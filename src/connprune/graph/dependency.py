@@ -1,0 +1,371 @@
+"""What can be pruned together (channel groups) and what feeds what (layer pairs), from torch-pruning's trace.
+
+:func:`build` traces a model once with torch-pruning's ``DependencyGraph`` (autograd-based, no second tracer here)
+and summarises it for the pruning methods:
+
+- ``layers``: conv/linear module names in execution order (forward hooks).
+- ``groups``: one :class:`ChannelGroup` per set of coupled channels, i.e. torch-pruning's pruning group of a conv or
+  linear layer's output channels. Channels coupled by a residual add form one group with several producers
+  (``residual=True``); a depthwise conv ties its input and output channels, so it sits in the group of the layer
+  that feeds it, both as a producer (its outputs are these channels) and as a consumer (it reads them). A group that
+  reaches the model's output (the classifier's classes) is not a group: those units can never be removed.
+- ``pairs``: producer → consumer :class:`LayerPair` s. A consumer's parents are the producers whose outputs reach its
+  input through parameter-free ops (BN counts as parameter-free here: it is per-channel) and **at most one residual
+  add**: the direct summands of the stream value the consumer reads, not every producer that ever added into the
+  stream. In a CIFAR ResNet, ``layer1.1.conv1``'s parents are ``layer1.0.conv2`` and the stem ``conv1`` (the two
+  summands of block 0's add) and ``layer1.2.conv1``'s parent is ``layer1.1.conv2`` only (block 0's add is a second
+  add on the identity path). This is the chain the connectivity papers use (GC-Net: "the block's output, same
+  channels as the block's last conv, is the parent of the next block's first conv") plus the projection shortcuts.
+  ``features_per_channel`` is 1 between convs and ``H*W`` through a flatten into a linear layer.
+
+Only ``nn.Conv2d`` (plain or depthwise), ``nn.Linear`` and ``nn.BatchNorm1d/2d`` may carry parameters; anything
+else with parameters (LSTM, attention, GroupNorm, LayerNorm, PReLU, a custom module with its own ``nn.Parameter``)
+is a :class:`~connprune.errors.UserError`, as are grouped (non-depthwise) convs and modules called twice per
+forward pass (shared weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from connprune.errors import UserError
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+ALLOWED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+_ADD_OPS = ("addbackward", "subbackward")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are pruned together: removing channel ``i`` removes it from every layer listed."""
+
+    root: str
+    """A conv/linear module name whose output channels define the group (first producer in forward order)."""
+    producers: tuple[str, ...]
+    """Conv/linear layers whose OUTPUT channels are these channels (>1 non-depthwise = residual stream)."""
+    consumers: tuple[str, ...]
+    """Conv/linear layers whose INPUT channels are these channels (through BN, ReLU, pooling, flatten, adds)."""
+    channels: int
+    """Number of channels."""
+    weights_per_channel: int
+    """Prunable conv/linear weights removed with each channel (producers' rows + consumers' input slices)."""
+    residual: bool
+    """Several producers are summed (residual stream)."""
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """A producer → consumer pair: ``child`` reads ``parent``'s output channels."""
+
+    parent: str
+    """Producer conv/linear."""
+    child: str
+    """Consumer conv/linear reading ``parent``'s output channels."""
+    features_per_channel: int
+    """Child input features per parent channel (1 conv→conv; H*W conv→flatten→linear)."""
+    residual: bool
+    """``parent``'s output channels are on a residual stream."""
+
+
+@dataclass
+class _GroupDetail:
+    """What :mod:`connprune.surgery.shrink` needs beyond the public fields (private)."""
+
+    slices: dict[str, list[list[int]]]
+    """Non-depthwise consumer → for each group channel, the consumer's input indices that read it."""
+    depthwise: tuple[str, ...]
+    """Depthwise convs inside the group (producers and consumers at once)."""
+
+
+@dataclass
+class ModelGraph:
+    """The traced structure of a model. Build with :func:`build`; rebuild after the model changes shape."""
+
+    model: nn.Module = field(repr=False)
+    input_shape: tuple[int, int, int]
+    dg: tp.DependencyGraph = field(repr=False)
+    """torch-pruning's dependency graph of ``model`` (stale once the model is shrunk)."""
+    layers: list[str]
+    groups: list[ChannelGroup]
+    pairs: list[LayerPair]
+    output_layers: tuple[str, ...] = ()
+    """Conv/linear layers whose outputs reach the model's output (never prunable)."""
+    input_layers: tuple[str, ...] = ()
+    """Conv/linear layers whose output channels are tied to the model's input channels (never prunable)."""
+    details: dict[str, _GroupDetail] = field(default_factory=dict, repr=False)
+    """Group root → private details (consumer slices, depthwise members)."""
+    widths: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    """Layer → (in, out) width when the graph was built, to tell a stale graph."""
+    _by_producer: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for group in self.groups:
+            for producer in group.producers:
+                self._by_producer[producer] = group
+
+    def group_of(self, layer: str) -> ChannelGroup:
+        """The group whose producers include ``layer`` (UserError for unknown names and output layers)."""
+        if layer in self._by_producer:
+            return self._by_producer[layer]
+        if layer in self.output_layers:
+            raise UserError(f"layer {layer!r} produces the model's output (its units are the classes), so its "
+                            "units cannot be pruned; choose a hidden conv/linear layer")
+        if layer in self.input_layers:
+            raise UserError(f"layer {layer!r} has its output channels tied to the model's input channels (added "
+                            "to the input, or depthwise over it), so they cannot be pruned; choose another layer")
+        if layer in self.layers:  # pragma: no cover - every traced layer is a producer or an output layer
+            raise UserError(f"layer {layer!r} has no prunable output channels")
+        raise UserError(f"unknown layer {layer!r}; name a conv/linear module of the model, e.g. "
+                        f"{', '.join(repr(n) for n in self.layers[:3])}")
+
+    def group_by_root(self, root: str) -> ChannelGroup:
+        """The group rooted at ``root``."""
+        for group in self.groups:
+            if group.root == root:
+                return group
+        raise KeyError(root)
+
+    def is_stale(self) -> bool:
+        """Whether the model's layer widths changed since the graph was built."""
+        modules = dict(self.model.named_modules())
+        return any(name not in modules or _width(modules[name]) != width for name, width in self.widths.items())
+
+
+def _width(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Conv2d):
+        return (module.in_channels, module.out_channels)
+    return (module.in_features, module.out_features)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv whose every output channel reads exactly its own input channel (groups = in = out channels)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and \
+        module.groups == module.in_channels == module.out_channels
+
+
+def check_supported(model: nn.Module) -> None:
+    """UserError naming the first module with parameters that connprune cannot prune (and what is supported)."""
+    supported = "nn.Conv2d (plain or depthwise), nn.Linear and nn.BatchNorm1d/2d"
+    for name, module in model.named_modules():
+        own = [key for key, p in module._parameters.items() if p is not None]
+        extra = [key for key in own if key not in ("weight", "bias")]
+        if own and (not isinstance(module, ALLOWED) or extra):
+            what = f"parameters {', '.join(own)}" if not isinstance(module, ALLOWED) else \
+                f"extra parameters {', '.join(extra)}"
+            raise UserError(f"module {name or '<model>'!r} ({type(module).__name__}) has {what}, which connprune "
+                            f"cannot prune; supported layers with parameters are {supported} — replace or remove "
+                            "it")
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
+            raise UserError(f"module {name!r} is a grouped convolution (groups={module.groups}, "
+                            f"{module.in_channels}→{module.out_channels} channels); connprune supports plain and "
+                            "depthwise (groups = in = out channels) convs only")
+
+
+@contextlib.contextmanager
+def _tracing_state(model: nn.Module) -> Iterator[None]:
+    """Let torch-pruning trace: grad on, every parameter requiring grad; restore modes and flags afterwards."""
+    modes = {module: module.training for module in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _example_input(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 1) -> torch.Tensor:
+    reference = next(iter(model.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *input_shape, generator=generator, dtype=torch.float32).to(device, dtype)
+
+
+def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Conv/linear names in execution order; UserError for a module called twice (shared weights)."""
+    order: list[str] = []
+    calls: dict[str, int] = {}
+    names = {module: name for name, module in model.named_modules()}
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        name = names[module]
+        calls[name] = calls.get(name, 0) + 1
+        if calls[name] == 1:
+            order.append(name)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ALLOWED)]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the model cannot run on inputs of shape {tuple(example.shape[1:])} ({detail}); pass "
+                        "the (channels, height, width) it was built for") from exc
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for handle in handles:
+            handle.remove()
+    shared = [name for name, count in calls.items() if count > 1]
+    if shared:
+        raise UserError(f"module {shared[0]!r} is called {calls[shared[0]]} times per forward pass (shared "
+                        "weights); connprune can only prune modules used once — give each use its own module")
+    return order
+
+
+def _is_out(dg: tp.DependencyGraph, handler: object) -> bool:
+    return dg.is_out_channel_pruning_fn(handler)
+
+
+def build(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
+    """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and return its :class:`ModelGraph`."""
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 3:
+        raise UserError(f"input_shape must be (channels, height, width), got {input_shape!r}")
+    check_supported(model)
+    example = _example_input(model, input_shape)
+    layers = _forward_order(model, example)
+    modules = dict(model.named_modules())
+    with _tracing_state(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    layer_set = [name for name in layers if isinstance(modules[name], PRUNABLE)]
+    position = {name: i for i, name in enumerate(layer_set)}
+    node_of = {name: dg.module2node[modules[name]] for name in layer_set if modules[name] in dg.module2node}
+
+    groups: list[ChannelGroup] = []
+    details: dict[str, _GroupDetail] = {}
+    outputs: set[str] = set()
+    inputs: set[str] = set()
+    visited: set[str] = set()
+    for name in layer_set:
+        if name in visited or name not in node_of:
+            continue
+        module = modules[name]
+        pruner = dg.get_pruner_of_module(module)
+        channels = pruner.get_out_channels(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+        producers: set[str] = set()
+        consumers: dict[str, tuple[list[int], list[int]]] = {}
+        depthwise: set[str] = set()
+        reaches_output = reaches_input = False
+        for item in group:
+            dep, idxs = item.dep, item.idxs
+            target = dep.target
+            if target.type == tp.ops.OPTYPE.OUTPUT or (not target.outputs and _is_out(dg, dep.handler)):
+                reaches_output = True  # these channels are (part of) the model's output
+            if _reads_untraced(target):
+                reaches_input = True  # summed with (or depthwise over) the model's input or a constant
+            member = dg._module2name.get(target.module) if isinstance(target.module, nn.Module) else None
+            if member is None or member not in position:
+                continue
+            if is_depthwise(modules[member]):
+                depthwise.add(member)
+                producers.add(member)
+            elif _is_out(dg, dep.handler):
+                producers.add(member)
+                if list(item.root_idxs) != list(idxs):
+                    raise UserError(f"layer {member!r} shares channels with {name!r} in a permuted or sliced order "
+                                    "(torch.cat/split/slicing on the channel axis); connprune supports channels "
+                                    "coupled by additions only")
+            else:
+                consumers[member] = (list(idxs), list(item.root_idxs))
+        visited.update(producers)
+        if reaches_output:
+            outputs.update(producers)
+            continue
+        if reaches_input:
+            inputs.update(producers)
+            continue
+        slices: dict[str, list[list[int]]] = {}
+        for consumer, (idxs, roots) in consumers.items():
+            per_channel: list[list[int]] = [[] for _ in range(channels)]
+            for index, root in zip(idxs, roots):
+                per_channel[root].append(index)
+            slices[consumer] = [sorted(s) for s in per_channel]
+        weights = 0
+        for producer in producers:
+            weight = modules[producer].weight
+            weights += weight.numel() // weight.shape[0]
+        for consumer, per_channel in slices.items():
+            weight = modules[consumer].weight
+            weights += len(per_channel[0]) * (weight.numel() // weight.shape[1])
+        ordered_producers = tuple(sorted(producers, key=position.__getitem__))
+        consumer_names = set(consumers) | depthwise
+        plain = [p for p in producers if p not in depthwise]
+        groups.append(ChannelGroup(
+            root=ordered_producers[0], producers=ordered_producers,
+            consumers=tuple(sorted(consumer_names, key=position.__getitem__)), channels=channels,
+            weights_per_channel=weights, residual=len(plain) > 1))
+        details[ordered_producers[0]] = _GroupDetail(slices=slices, depthwise=tuple(sorted(depthwise,
+                                                                                             key=position.__getitem__)))
+    groups.sort(key=lambda g: position[g.root])
+    pairs = _pairs(dg, modules, layer_set, position, node_of, groups, details)
+    return ModelGraph(model=model, input_shape=input_shape, dg=dg, layers=layer_set, groups=groups, pairs=pairs,
+                      output_layers=tuple(sorted(outputs, key=position.__getitem__)),
+                      input_layers=tuple(sorted(inputs, key=position.__getitem__)), details=details,
+                      widths={name: _width(modules[name]) for name in layer_set})
+
+
+def _reads_untraced(node: tp.Node) -> bool:
+    """A channel-coupling node (add, depthwise conv) one of whose inputs is not traced: the model input or a constant."""
+    if isinstance(node.module, nn.Conv2d) and is_depthwise(node.module):
+        return not node.inputs
+    grad_name = node.grad_fn.name().lower() if hasattr(node.grad_fn, "name") else ""
+    if any(op in grad_name for op in _ADD_OPS):
+        return any(f[0] is None for f in node.grad_fn.next_functions)
+    return False
+
+
+def _parents(node: tp.Node, node_names: dict[tp.Node, str]) -> set[str]:
+    """Producers reaching ``node``'s input through parameter-free ops and at most one residual add."""
+    found: set[str] = set()
+    stack = [(n, 0) for n in node.inputs]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        current, adds = stack.pop()
+        if (id(current), adds) in seen:
+            continue
+        seen.add((id(current), adds))
+        if current in node_names:
+            found.add(node_names[current])
+            continue
+        grad_name = current.grad_fn.name().lower() if hasattr(current.grad_fn, "name") else ""
+        if any(op in grad_name for op in _ADD_OPS):
+            if adds >= 1:
+                continue
+            adds += 1
+        stack.extend((n, adds) for n in current.inputs)
+    return found
+
+
+def _pairs(dg: tp.DependencyGraph, modules: dict[str, nn.Module], layers: list[str], position: dict[str, int],
+           node_of: dict[str, tp.Node], groups: list[ChannelGroup],
+           details: dict[str, _GroupDetail]) -> list[LayerPair]:
+    group_of = {p: g for g in groups for p in g.producers}
+    node_names = {node: name for name, node in node_of.items()}
+    pairs: list[LayerPair] = []
+    for child in layers:
+        if child not in node_of:
+            continue
+        for parent in sorted(_parents(node_of[child], node_names), key=position.__getitem__):
+            group = group_of.get(parent)
+            if group is None or child not in group.consumers:
+                continue  # parent's outputs are the model's output, or not channel-coupled to the child
+            slices = details[group.root].slices.get(child)
+            features = len(slices[0]) if slices else 1
+            pairs.append(LayerPair(parent=parent, child=child, features_per_channel=features,
+                                   residual=group.residual))
+    return pairs

@@ -1,0 +1,472 @@
+"""Physical removal of output units (channels, neurons) with torch-pruning, and the units masks leave dead.
+
+- :func:`remove_units` cuts given output units out of the model. Keys name any producer of a channel group
+  (:mod:`connprune.graph`): the coupled producers of a residual stream, their BatchNorms, depthwise convs and every
+  consumer's input slice (flatten blocks included) follow.
+- :func:`dead_units` lists the units that masks make removable *exactly* (rule below).
+- :func:`fold_constant_units` moves the constant contribution of units into their consumers before removal.
+- :func:`shrink` does all of it: dead units ∪ requested removals, fold, remove, and re-index the remaining masks.
+
+The dead-unit rule (one channel ``i`` of a group; "masked" means the keep-mask is False, weights need not be 0):
+
+(a) **Never read**: every (non-depthwise) consumer's input slice for channel ``i`` is fully masked (``W[:, i]``
+    for conv/linear, the ``H*W`` block of a flatten for a linear after a conv). Nothing downstream sees the channel,
+    so removing it (all producers' rows, BNs, depthwise convs in between) changes no output. For a residual stream
+    this requires every consumer of the stream to agree.
+(b) **Constant**: some producer of channel ``i`` (the producing conv/linear, or the depthwise conv between it and
+    the consumers) has every incoming weight of unit ``i`` masked, so the unit emits a constant (bias → BN →
+    activation, in eval mode). It is removed only where the constant can be folded exactly into each consumer:
+
+    - a consumer ``nn.Linear`` (directly or through flatten): its input slice is a fixed vector ``v``; add
+      ``W[:, slice] @ v`` to the consumer's bias;
+    - a consumer conv whose input slice is spatially constant ``c`` and which has no zero padding (``padding=0``, or
+      a non-zero padding mode): add ``c * W[:, i].sum((h, w))``;
+    - anything whose input slice is exactly zero (e.g. a ReLU of a negative constant): nothing to fold.
+
+    A zero-padded conv reading a non-zero constant sees zeros at the border, so its output is not a constant shift:
+    such units stay (a depthwise conv in between is such a padded conv, unless the constant before it is 0).
+    Residual streams are never folded (the other producers keep the channel input-dependent).
+
+The constants are measured, not derived: the masked model runs once in eval mode on two random inputs and each
+consumer's input slice must be identical for both (a sanity check of the rule). A consumer without a bias absorbs
+the shift in the BatchNorm that directly follows it (``running_mean -= shift``: exact in eval mode, and in training
+mode batch statistics cancel a per-channel shift anyway); only when there is no such BatchNorm is a bias created
+(note: checkpoints rebuild layers from the registry, so a created bias only survives ``checkpoint.save/load`` where
+the architecture already has one; no zoo model needs it, their bias-free convs all feed a BatchNorm).
+
+The rules are applied to a fixed point: removed channels count as masked in their consumers and producers, so a
+unit whose only live weights read removed constant channels becomes constant too, and a channel read only by
+removed rows becomes unread. If the rules would remove every channel of a group, :func:`shrink` keeps one (exact
+either way) so the network stays connected: an unread one if any (its value no longer matters), else the lowest
+constant one, unfolded. An explicit ``remove`` of every channel of a group is an error.
+
+Equivalence guarantee: in eval mode the shrunk model's outputs equal those of the masked model (weights multiplied
+by the masks, and the consumers' input slices of explicitly removed units masked) up to float rounding.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from connprune.errors import UserError
+from connprune.graph import ChannelGroup, ModelGraph, build, is_depthwise
+from connprune.graph.dependency import _example_input
+
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+# ------------------------------------------------------------------------------------------------------------ helpers
+
+
+def _graph_for(model: nn.Module, input_shape: Any, graph: ModelGraph | None) -> ModelGraph:
+    """``graph`` if it describes ``model`` as it is now, else a fresh trace."""
+    shape = tuple(int(v) for v in input_shape)
+    if graph is None or graph.model is not model or tuple(graph.input_shape) != shape or graph.is_stale():
+        return build(model, shape)
+    return graph
+
+
+def _indices(layer: str, values: Any, channels: int) -> list[int]:
+    """Validated, de-duplicated, sorted unit indices for ``layer`` (UserError for non-integers and out of range)."""
+    if isinstance(values, torch.Tensor):
+        values = values.flatten().tolist()
+    try:
+        items = list(values)
+    except TypeError:
+        raise UserError(f"units to remove from {layer!r} must be a list of integer indices, got {values!r}") from None
+    found: set[int] = set()
+    for value in items:
+        if isinstance(value, bool):
+            raise UserError(f"unit index {value!r} for layer {layer!r} is not an integer; give channel indices")
+        try:
+            index = operator.index(value)
+        except TypeError:
+            raise UserError(f"unit index {value!r} for layer {layer!r} is not an integer; give channel "
+                            "indices") from None
+        if not 0 <= index < channels:
+            raise UserError(f"unit index {index} is out of range for layer {layer!r}, which has {channels} output "
+                            f"units (valid: 0..{channels - 1})")
+        found.add(index)
+    return sorted(found)
+
+
+def _plan(graph: ModelGraph, remove: Mapping[str, Any]) -> dict[str, set[int]]:
+    """Group root → channels to remove, from ``remove`` (keys: any producer). Validates everything first."""
+    if not isinstance(remove, Mapping):
+        raise UserError(f"units to remove must be a mapping of layer name → indices, got {type(remove).__name__}")
+    plan: dict[str, set[int]] = {}
+    named: dict[str, list[str]] = {}
+    for layer, values in remove.items():
+        group = graph.group_of(layer)
+        indices = _indices(layer, values, group.channels)
+        if indices:
+            plan.setdefault(group.root, set()).update(indices)
+            named.setdefault(group.root, []).append(layer)
+    for root, channels in plan.items():
+        group = graph.group_by_root(root)
+        if len(channels) >= group.channels:
+            layers = " and ".join(repr(n) for n in named[root])
+            coupled = f" (coupled with {', '.join(repr(p) for p in group.producers if p not in named[root])})" \
+                if group.residual else ""
+            raise UserError(f"removing all {group.channels} output channels of {layers}{coupled} would disconnect "
+                            "the network; keep at least one")
+    return plan
+
+
+def _prune(graph: ModelGraph, plan: Mapping[str, set[int]]) -> dict[str, dict[str, list[int]]]:
+    """Remove the planned channels with torch-pruning. Returns module name → {"out"/"in": removed indices}."""
+    dg, modules = graph.dg, dict(graph.model.named_modules())
+    names = {module: name for name, module in modules.items()}
+    pending = []
+    record: dict[str, dict[str, list[int]]] = {}
+    for root, channels in plan.items():  # build every group on the original shapes, then prune
+        if not channels:
+            continue
+        module = modules[root]
+        pruner = dg.get_pruner_of_module(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, sorted(channels))
+        for item in group:
+            target = item.dep.target.module
+            name = names.get(target) if isinstance(target, nn.Module) else None
+            if name is None:
+                continue
+            coupled = isinstance(target, _BATCHNORM) or is_depthwise(target)
+            side = "out" if coupled or dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            record.setdefault(name, {}).setdefault(side, []).extend(int(i) for i in item.idxs)
+        pending.append(group)
+    for group in pending:
+        group.prune()
+    return record
+
+
+def _reindex(masks: Mapping[str, torch.Tensor], record: Mapping[str, Mapping[str, list[int]]],
+             parameters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Masks cut like their parameters were; all-True masks are dropped."""
+    result: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        module_name, _, _ = name.rpartition(".")
+        mask = mask.to(torch.bool)
+        removed = record.get(module_name, {})
+        for side, dim in (("out", 0), ("in", 1)):
+            if removed.get(side) and mask.dim() > dim:
+                gone = set(removed[side])
+                keep = torch.tensor([i for i in range(mask.shape[dim]) if i not in gone], dtype=torch.long,
+                                    device=mask.device)
+                mask = mask.index_select(dim, keep)
+        if name in parameters and mask.shape != parameters[name].shape:  # pragma: no cover - defensive
+            raise RuntimeError(f"re-indexed mask {name!r} has shape {tuple(mask.shape)}, the parameter "
+                               f"{tuple(parameters[name].shape)}")
+        if not bool(mask.all()):
+            result[name] = mask
+    return result
+
+
+def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    parameters = dict(model.named_parameters())
+    checked = {}
+    for name, mask in masks.items():
+        if name not in parameters:
+            raise UserError(f"mask for {name!r}, which the model does not have; masks are keyed by parameter names "
+                            f"such as {next(iter(parameters))!r}")
+        if tuple(mask.shape) != tuple(parameters[name].shape):
+            raise UserError(f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter "
+                            f"{tuple(parameters[name].shape)}")
+        checked[name] = mask.detach().to(torch.bool)
+    return checked
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, graph: ModelGraph, consumers: set[str],
+             masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Inputs of ``consumers`` on two random samples, eval mode, with ``masks`` multiplied in temporarily."""
+    modules = dict(model.named_modules())
+    parameters = dict(model.named_parameters())
+    captured: dict[str, torch.Tensor] = {}
+    saved = {}
+    modes = {module: module.training for module in model.modules()}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            captured[name] = inputs[0].detach().clone()
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in consumers]
+    try:
+        for name, mask in (masks or {}).items():
+            saved[name] = parameters[name].detach().clone()
+            parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
+        model.eval()
+        model(_example_input(model, graph.input_shape, batch=2))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, value in saved.items():
+            parameters[name].copy_(value)
+        for module, mode in modes.items():
+            module.training = mode
+    return captured
+
+
+def _no_padding(conv: nn.Conv2d) -> bool:
+    if conv.padding_mode != "zeros":
+        return True  # reflect/replicate/circular padding of a constant map is the same constant
+    if isinstance(conv.padding, str):
+        return conv.padding == "valid"
+    return all(p == 0 for p in conv.padding)
+
+
+def _contribution(consumer: nn.Module, inputs: torch.Tensor, indices: list[int],
+                  dropped_rows: set[int] | frozenset[int] = frozenset()) -> torch.Tensor | None:
+    """The consumer's output shift (float64, one value per output unit) caused by its input slice ``indices``, if
+    the slice is an input-independent value the consumer's bias can absorb exactly; else None. ``inputs`` holds two
+    samples. Output units in ``dropped_rows`` are removed anyway: their shift is 0 and they need not be foldable."""
+    weight = consumer.weight.detach()
+    rows = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    if dropped_rows:
+        rows[sorted(dropped_rows)] = False
+    weight = weight[:, indices] * rows.view(-1, *([1] * (weight.dim() - 1))).to(weight.dtype)
+    zero = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+    if not bool(weight.any()):
+        return zero  # the kept units read nothing of it
+    part = inputs[:, indices]
+    if not torch.equal(part[0], part[1]):
+        return None  # depends on the input
+    value = part[0]
+    if isinstance(consumer, nn.Linear):
+        return weight.to(torch.float64) @ value.to(torch.float64)
+    if not bool(value.any()):
+        return zero
+    if not _no_padding(consumer) or not bool((value == value.flatten()[0]).all()):
+        return None  # zero padding meets a non-zero value: the border differs, no bias can absorb it
+    constants = value.flatten(1)[:, 0].to(torch.float64)  # value: [len(indices), H, W], each map constant
+    return (weight.to(torch.float64).sum(dim=(2, 3)) * constants).sum(dim=1)
+
+
+def _following_batchnorm(graph: ModelGraph, module: nn.Module) -> nn.Module | None:
+    """The BatchNorm that directly and exclusively reads ``module``'s output, if any."""
+    node = graph.dg.module2node.get(module)
+    if node is None or len(node.outputs) != 1:
+        return None
+    follower = node.outputs[0]
+    if isinstance(follower.module, _BATCHNORM) and len(follower.inputs) == 1:
+        return follower.module
+    return None
+
+
+@torch.no_grad()
+def _absorb(graph: ModelGraph, consumer: nn.Module, shift: torch.Tensor) -> None:
+    """Add ``shift`` (per output unit) to ``consumer``'s output: bias, else the following BN, else a new bias."""
+    if consumer.bias is not None:
+        consumer.bias.add_(shift.to(consumer.bias.dtype))
+        return
+    norm = _following_batchnorm(graph, consumer)
+    if norm is not None:
+        if norm.running_mean is not None:
+            norm.running_mean.sub_(shift.to(norm.running_mean.dtype))
+        return  # without running statistics, batch statistics cancel a per-channel shift
+    weight = consumer.weight
+    consumer.bias = nn.Parameter(shift.to(weight.device, weight.dtype).clone())
+
+
+# -------------------------------------------------------------------------------------------------------- dead units
+
+
+def _channels_read(mask: torch.Tensor, per_channel: list[list[int]]) -> torch.Tensor:
+    """For each group channel: whether any live (unmasked) weight of the consumer reads it."""
+    live_columns = mask.transpose(0, 1).flatten(1).any(dim=1)
+    if any(not s for s in per_channel):  # pragma: no cover - a channel without columns: count it as read
+        return torch.tensor([not s or bool(live_columns[s].any()) for s in per_channel], dtype=torch.bool)
+    if len({len(s) for s in per_channel}) == 1:
+        return live_columns[torch.tensor(per_channel, dtype=torch.long)].any(dim=1)
+    return torch.tensor([bool(live_columns[s].any()) for s in per_channel], dtype=torch.bool)
+
+
+def _dead(model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph, captured: dict[str, torch.Tensor],
+          seed: Mapping[str, set[int]] | None = None,
+          protect: Mapping[str, set[int]] | None = None,
+          ghost: Mapping[str, set[int]] | None = None) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+    """(never-read, constant) channels per group root, by the rule in the module docstring, to a fixed point.
+
+    ``captured``: consumer inputs of the masked model (:func:`_capture`), filled lazily when empty. ``seed``:
+    channels removed anyway (explicit removals; the captured inputs must reflect them), which count as masked from
+    the start. ``protect``: channels never to mark. ``ghost``: channels kept although nothing reads them: they count
+    as removed (their rows read nothing) but are not reported.
+    """
+    modules = dict(model.named_modules())
+    effective = {}
+    for layer in graph.layers:
+        weight = modules[layer].weight
+        mask = masks.get(f"{layer}.weight")
+        effective[layer] = mask.to(torch.bool).cpu().clone() if mask is not None else \
+            torch.ones(weight.shape, dtype=torch.bool)
+    unread: dict[str, set[int]] = {g.root: set() for g in graph.groups}
+    constant: dict[str, set[int]] = {g.root: set() for g in graph.groups}
+    removed = {g.root: torch.zeros(g.channels, dtype=torch.bool) for g in graph.groups}
+    for root, channels in (protect or {}).items():
+        removed[root][sorted(channels)] = True  # never considered (they are not dropped either)
+
+    def foldable(group: ChannelGroup, channel: int) -> bool:
+        if not captured:
+            consumers = {c for g in graph.groups if not g.residual for c in graph.details[g.root].slices}
+            captured.update(_capture(model, graph, consumers, masks))
+        # a consumer whose live weights no longer read the channel takes nothing from it
+        return all(_contribution(modules[c], captured[c], per_channel[channel]) is not None
+                   for c, per_channel in graph.details[group.root].slices.items()
+                   if bool(effective[c][:, per_channel[channel]].any()))
+
+    def drop(group: ChannelGroup, channel: int) -> None:
+        removed[group.root][channel] = True
+        for producer in group.producers:
+            effective[producer][channel] = False
+        for consumer, per_channel in graph.details[group.root].slices.items():
+            effective[consumer][:, per_channel[channel]] = False
+
+    for kept in (seed, ghost):
+        for root, channels in (kept or {}).items():
+            for channel in channels:
+                drop(graph.group_by_root(root), channel)
+    changed = True
+    while changed:  # marking a channel only changes other groups' vectors, so each group is checked at once
+        changed = False
+        for group in graph.groups:
+            slices = graph.details[group.root].slices
+            if not slices:
+                continue
+            read = torch.zeros(group.channels, dtype=torch.bool)
+            for consumer, per_channel in slices.items():
+                read |= _channels_read(effective[consumer], per_channel)
+            for channel in torch.nonzero(~read & ~removed[group.root]).flatten().tolist():
+                unread[group.root].add(channel)
+                drop(group, channel)
+                changed = True
+            if group.residual:
+                continue
+            silent = torch.zeros(group.channels, dtype=torch.bool)
+            for producer in group.producers:
+                silent |= ~effective[producer].flatten(1).any(dim=1)
+            for channel in torch.nonzero(silent & ~removed[group.root]).flatten().tolist():
+                if foldable(group, channel):
+                    constant[group.root].add(channel)
+                    drop(group, channel)
+                    changed = True
+    return unread, constant
+
+
+def _fold(model: nn.Module, graph: ModelGraph, units: Mapping[str, set[int]], captured: dict[str, torch.Tensor],
+          plan: Mapping[str, set[int]] | None = None) -> None:
+    """Add the contribution of ``units`` (group root → channels) to their consumers, from ``captured`` inputs.
+    Consumer output units removed by ``plan`` (group root → channels) are skipped."""
+    modules = dict(model.named_modules())
+    shifts: dict[str, torch.Tensor] = {}
+    for root, channels in units.items():
+        for consumer, per_channel in graph.details[root].slices.items():
+            owner = graph._by_producer.get(consumer)
+            dropped = (plan or {}).get(owner.root, set()) if owner is not None else set()
+            for channel in sorted(channels):
+                shift = _contribution(modules[consumer], captured[consumer], per_channel[channel], dropped)
+                if shift is None:
+                    raise UserError(f"unit {channel} of {root!r} does not reach {consumer!r} as a constant it can "
+                                    "absorb (it depends on the input, or meets zero padding with a non-zero "
+                                    "value); fold only units listed by dead_units, after applying the masks")
+                shifts[consumer] = shifts[consumer] + shift if consumer in shifts else shift
+    for consumer, shift in shifts.items():
+        _absorb(graph, modules[consumer], shift)
+
+
+def dead_units(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Any, *,
+               graph: ModelGraph | None = None) -> dict[str, list[int]]:
+    """Output units that ``masks`` make removable exactly (module docstring: never read, or constant and foldable).
+
+    Keys are group roots (a producer name, usable as a ``remove`` key); the model is not modified. A group may be
+    listed whole; :func:`shrink` then keeps one of its channels.
+    """
+    graph = _graph_for(model, input_shape, graph)
+    masks = _check_masks(model, masks)
+    unread, constant = _dead(model, masks, graph, {})
+    return {root: sorted(unread[root] | constant[root]) for root in unread if unread[root] | constant[root]}
+
+
+def fold_constant_units(model: nn.Module, units: Mapping[str, Any], input_shape: Any, *,
+                        graph: ModelGraph | None = None) -> None:
+    """Add the constant contribution of ``units`` (producer → output unit indices) to their consumers.
+
+    Call it on the masked model, before the units are removed: each unit's value at every consumer's input must not
+    depend on the model's input, and must be foldable (see the module docstring); otherwise UserError. The shift goes
+    into the consumer's bias, else into the BatchNorm directly after it, else into a newly created bias.
+    """
+    graph = _graph_for(model, input_shape, graph)
+    plan: dict[str, set[int]] = {}
+    for layer, values in units.items():
+        group = graph.group_of(layer)
+        plan.setdefault(group.root, set()).update(_indices(layer, values, group.channels))
+    consumers = {c for root in plan for c in graph.details[root].slices}
+    _fold(model, graph, plan, _capture(model, graph, consumers))
+
+
+# ------------------------------------------------------------------------------------------------------ entry points
+
+
+def remove_units(model: nn.Module, remove: Mapping[str, Any], input_shape: Any, *,
+                 graph: ModelGraph | None = None) -> nn.Module:
+    """Physically remove output units (in place; returns ``model``). Keys: any producer of a channel group.
+
+    UserError for an unknown layer, the classifier (the model's output), indices out of range, or removing every
+    channel of a group. ``graph``, if given, must describe ``model`` as it is now (it is rebuilt otherwise); after
+    the call it is stale.
+    """
+    graph = _graph_for(model, input_shape, graph)
+    _prune(graph, _plan(graph, remove))
+    return model
+
+
+def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Any, *,
+           remove: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Multiply ``masks`` in, remove dead units (see module docstring) and ``remove``, fold constants, cut.
+
+    Returns the model (modified in place) and the masks re-indexed for the smaller tensors, all-True masks dropped.
+    In eval mode the result computes what the masked model computes (``remove``'s units dropped) up to rounding.
+    """
+    masks = _check_masks(model, masks)
+    graph = build(model, input_shape)
+    requested = _plan(graph, remove or {})  # validate everything before touching the model
+    parameters = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
+        # what removal computes: the consumers no longer read the removed channels
+        for root, channels in requested.items():
+            for consumer, per_channel in graph.details[root].slices.items():
+                columns = sorted(i for channel in channels for i in per_channel[channel])
+                modules[consumer].weight[:, columns] = 0.0
+    captured: dict[str, torch.Tensor] = {}  # consumer inputs of the masked model, before any folding
+    protect: dict[str, set[int]] = {}
+    ghost: dict[str, set[int]] = {}
+    while True:
+        unread, constant = _dead(model, masks, graph, captured, seed=requested, protect=protect, ghost=ghost)
+        emptied = [g for g in graph.groups
+                   if len(requested.get(g.root, set()) | unread[g.root] | constant[g.root]) >= g.channels]
+        if not emptied:
+            break
+        # never empty a group: keep one channel of the first emptied group (exact either way) and redo, since a
+        # kept channel may keep later groups alive. An unread channel is kept as a ghost: nobody reads it, so its
+        # value does not matter and it blocks no other removal; else a constant one stays as it is.
+        group = emptied[0]
+        allowed = set(range(group.channels)) - requested.get(group.root, set())
+        if allowed & unread[group.root]:
+            ghost.setdefault(group.root, set()).add(min(allowed & unread[group.root]))
+        else:
+            protect.setdefault(group.root, set()).add(min(allowed))
+    plan = {g.root: requested.get(g.root, set()) | unread[g.root] | constant[g.root] for g in graph.groups}
+    plan = {root: channels for root, channels in plan.items() if channels}
+    fold = {root: channels - requested.get(root, set()) for root, channels in constant.items()}
+    fold = {root: channels for root, channels in fold.items() if channels}
+    if fold:
+        _fold(model, graph, fold, captured, plan)
+    record = _prune(graph, plan)
+    return model, _reindex(masks, record, dict(model.named_parameters()))
