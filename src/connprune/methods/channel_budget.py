@@ -1,0 +1,123 @@
+"""Turning a weight budget into channel removals, for every structured method.
+
+``sparsity`` is a fraction of prunable weights (the contract), but structured methods remove channels. Given a
+uniform per-group removal ratio r, the remaining weight count follows exactly from the graph (each conv/linear
+layer keeps ``out_kept · in_kept / groups · k_h · k_w`` weights); r is found by bisection so the removed fraction
+reaches the asked sparsity. Kept widths can be aligned to a multiple of ``round_to`` channels: oneDNN computes CPU
+convolutions in blocks of 8 or 16 channels, so a width like 22 does the work of 32 — aligning turns fewer MACs into
+real speed. A group is never rounded down to zero channels (Torch-Pruning's ``round_to`` silently leaves such a group
+unpruned with no warning). Here, with ``round_to="auto"``, a group that alignment would leave unpruned (a group
+narrower than the block, as in small networks) is pruned unaligned instead; with an explicit ``round_to`` alignment
+is strict and the groups it leaves unpruned are counted in the result's ``info["groups_unpruned_by_alignment"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from connprune.graph import ChannelGroup, ModelGraph, build
+from connprune.measure.sparsity import count_prunable
+from connprune.methods.base import MethodParams, PruneData, PruningResult
+
+ChannelScores = Callable[[ChannelGroup, ModelGraph], torch.Tensor]
+
+
+class ChannelBudgetParams(MethodParams):
+    round_to: int | Literal["auto"] = "auto"
+    """Keep a multiple of this many channels per group; ``auto``: 16 on CPUs with AVX-512, 8 on other CPUs and on
+    CUDA (tensor-core friendly); 1 disables alignment."""
+    prune_residual: bool = True
+    """Also prune residual-stream channels (all coupled producers and consumers together)."""
+    min_channels: int = Field(1, ge=1)
+    """Never keep fewer channels than this in a group."""
+
+
+def auto_round_to(device: torch.device) -> int:
+    """The channel block size that suits ``device``'s convolution kernels."""
+    if device.type == "cpu" and "AVX512" in torch.backends.cpu.get_cpu_capability():
+        return 16
+    return 8
+
+
+def kept_channels(channels: int, ratio: float, round_to: int, min_channels: int, strict: bool = True) -> int:
+    """Channels a group of ``channels`` keeps when a fraction ``ratio`` is removed, aligned to ``round_to``.
+
+    Not ``strict``: where alignment would keep every channel although the ratio removes some, keep the unaligned
+    count instead.
+    """
+    keep = min(channels, max(min_channels, round(channels * (1.0 - ratio))))
+    if round_to <= 1:
+        return keep
+    aligned = min(channels, max(round_to, round_to * round(keep / round_to)))
+    return keep if (not strict and aligned == channels > keep) else aligned
+
+
+def remaining_weights(graph: ModelGraph, kept: dict[str, int]) -> int:
+    """Prunable weights left when each group (keyed by root) keeps ``kept[root]`` channels."""
+    out_group, in_group = {}, {}
+    for group in graph.groups:
+        for layer in group.producers:
+            out_group[layer] = group
+        for layer in group.consumers:
+            in_group[layer] = group
+    features = {(p.parent, p.child): p.features_per_channel for p in graph.pairs}
+    total = 0
+    for name in graph.layers:
+        layer = graph.model.get_submodule(name)
+        kernel = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
+        out_now = layer.weight.shape[0]
+        out_kept = kept[out_group[name].root] if name in out_group else out_now
+        if isinstance(layer, nn.Conv2d) and layer.groups > 1:  # depthwise: channels tied, fan-in per group fixed
+            total += out_kept * layer.weight.shape[1] * kernel
+            continue
+        in_now = layer.weight.shape[1]
+        if name in in_group:
+            group = in_group[name]
+            block = next((features[(p, name)] for p in group.producers if (p, name) in features), 1)
+            in_kept = kept[group.root] * block
+        else:
+            in_kept = in_now
+        total += out_kept * in_kept * kernel
+    return total
+
+
+def structured_removal(model: nn.Module, sparsity: float, data: PruneData, params: ChannelBudgetParams,
+                       channel_scores: ChannelScores) -> PruningResult:
+    """Remove the lowest-scoring channels of every group at one uniform ratio that meets ``sparsity``."""
+    input_shape = (model.connprune_config["in_channels"], model.connprune_config["input_size"],
+                   model.connprune_config["input_size"])
+    graph = build(model, input_shape)
+    strict = params.round_to != "auto"
+    round_to = auto_round_to(data.device) if params.round_to == "auto" else params.round_to
+    groups = [g for g in graph.groups if params.prune_residual or not g.residual]
+    dense = count_prunable(model)
+    full = {g.root: g.channels for g in graph.groups}
+
+    def kept_at(ratio: float) -> dict[str, int]:
+        return {**full, **{g.root: kept_channels(g.channels, ratio, round_to, params.min_channels, strict)
+                           for g in groups}}
+
+    def achieved(ratio: float) -> float:
+        return 1.0 - remaining_weights(graph, kept_at(ratio)) / dense
+
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if achieved(middle) < sparsity else (low, middle)
+    ratio = high if sparsity > 0 else 0.0
+    kept = kept_at(ratio)
+    remove: dict[str, list[int]] = {}
+    for group in groups:
+        drop = group.channels - kept[group.root]
+        if drop > 0:
+            scores = channel_scores(group, graph)
+            remove[group.root] = sorted(torch.argsort(scores, stable=True)[:drop].tolist())
+    unaligned = {g.root: kept_channels(g.channels, ratio, 1, params.min_channels) for g in groups}
+    info = {"channel_ratio": ratio, "round_to": round_to, "expected_sparsity": achieved(ratio),
+            "groups_unpruned_by_alignment": sum(kept[g.root] == g.channels > unaligned[g.root] for g in groups)}
+    return PruningResult(remove=remove, info=info)

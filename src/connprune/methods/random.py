@@ -1,0 +1,39 @@
+"""Random pruning: the control every pruning method must beat. Unstructured (random weights, per layer or global)
+or structured (random channels/neurons, the same fraction of every channel group)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from connprune.measure import importance
+from connprune.measure.sparsity import prunable_weights
+from connprune.methods import register
+from connprune.methods.base import Kind, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.channel_budget import ChannelBudgetParams, structured_removal
+
+
+class RandomParams(ChannelBudgetParams):
+    scope: Literal["global", "layer"] = "layer"
+    structured: bool = False
+    """Remove whole channels/neurons at random instead of single weights."""
+
+
+@register
+class Random(PruningMethod):
+    name = "random"
+    kind = Kind.UNSTRUCTURED
+    paper = "baseline: uniformly random weights (or channels with structured=true)"
+    summary = "random weights per layer/globally, or random channels (structured=true)"
+    Params = RandomParams
+
+    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
+        sparsity = self.check_sparsity(sparsity)
+        if self.params.structured:
+            generator = torch.Generator().manual_seed(self.params.seed)
+            return structured_removal(model, sparsity, data, self.params,
+                                      lambda group, graph: torch.rand(group.channels, generator=generator))
+        scores = importance.random_scores(prunable_weights(model), self.params.seed)
+        return PruningResult(masks=importance.keep_top(scores, sparsity, self.params.scope))
