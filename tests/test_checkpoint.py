@@ -76,3 +76,14 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
 def test_only_zoo_models_can_be_saved(tmp_path):
     with pytest.raises(UserError, match="connprune.models.create"):
         checkpoint.save(nn.Linear(2, 2), tmp_path / "ck")
+
+
+def test_a_bias_added_by_surgery_survives_the_round_trip(tmp_path):
+    model = models.create("resnet20")
+    conv = model.get_submodule("conv1")
+    assert conv.bias is None  # the architecture has none: surgery folding a constant unit may create one
+    conv.bias = nn.Parameter(torch.randn(conv.out_channels))
+    checkpoint.save(model, tmp_path / "ck")
+    loaded = checkpoint.load(tmp_path / "ck")
+    assert torch.equal(loaded.get_submodule("conv1").bias, conv.bias.detach())
+    assert loaded.get_submodule("layer1.0.conv1").bias is None

@@ -76,6 +76,20 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
     return model
 
 
+def layers_with_bias(model: nn.Module) -> list[str]:
+    """Conv/linear layers that have a bias (surgery may add one when it folds a constant unit into a consumer)."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None]
+
+
+def add_biases(model: nn.Module, names: list[str]) -> nn.Module:
+    """Give the named conv/linear layers a (zero) bias where the freshly built architecture has none."""
+    for name in names:
+        module = model.get_submodule(name)
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros(module.weight.shape[0]))
+    return model
+
+
 def save(
     model: nn.Module,
     directory: str | Path,
@@ -97,6 +111,7 @@ def save(
         "architecture": model.connprune_arch,
         "config": model.connprune_config,
         "widths": layer_widths(model),
+        "biases": layers_with_bias(model),
         "skips": skips or [],
         "data": data_info or {},
     }
@@ -136,6 +151,7 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
         raise UserError(f"{directory / WEIGHTS} is truncated or corrupt ({exc}); re-create the checkpoint") from exc
     model = models.create(meta["architecture"], **meta["config"])
     apply_widths(model, meta.get("widths", {}))
+    add_biases(model, meta.get("biases", []))
     masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
     expected = model.state_dict()

@@ -31,8 +31,7 @@ The constants are measured, not derived: the masked model runs once in eval mode
 consumer's input slice must be identical for both (a sanity check of the rule). A consumer without a bias absorbs
 the shift in the BatchNorm that directly follows it (``running_mean -= shift``: exact in eval mode, and in training
 mode batch statistics cancel a per-channel shift anyway); only when there is no such BatchNorm is a bias created
-(note: checkpoints rebuild layers from the registry, so a created bias only survives ``checkpoint.save/load`` where
-the architecture already has one; no zoo model needs it, their bias-free convs all feed a BatchNorm).
+(checkpoints record which layers have a bias, so a created one survives ``checkpoint.save/load``).
 
 The rules are applied to a fixed point: removed channels count as masked in their consumers and producers, so a
 unit whose only live weights read removed constant channels becomes constant too, and a channel read only by
