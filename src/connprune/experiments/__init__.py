@@ -1,0 +1,1 @@
+"""Experiments: jobs (train, prune), the demo, configs, the results store and reports."""

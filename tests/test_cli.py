@@ -1,0 +1,63 @@
+"""The command line: every core command runs, --json parses, user errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from connprune import cli
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["connprune", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_models_json(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "models", "--json")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert code == 0 and {"mlp", "lenet5", "vgg16", "resnet20", "resnet50", "mobilenetv2"} <= set(rows)
+    assert rows["resnet20"]["params"] == pytest.approx(0.27e6, rel=0.02)
+
+
+def test_datasets_json_finds_digits_and_explains_missing(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(monkeypatch, capsys, "datasets", "--data-dir", str(tmp_path), "--json")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert code == 0 and rows["digits"]["available"] and not rows["cifar10"]["available"]
+    assert "cifar-10" in rows["cifar10"]["source"]
+
+
+def test_train_then_eval_with_shift(monkeypatch, capsys, tmp_path):
+    ck = tmp_path / "mlp"
+    code, out, _ = run_cli(monkeypatch, capsys, "train", "--model", "mlp", "--data", "digits", "--epochs", "3",
+                           "--out", str(ck), "--json")
+    trained = json.loads(out)
+    assert code == 0 and trained["accuracy"] > 0.5
+    assert json.loads((ck / "metrics.json").read_text())["accuracy"] == trained["accuracy"]
+    code, out, _ = run_cli(monkeypatch, capsys, "eval", "--checkpoint", str(ck), "--shift",
+                           "gaussian_noise:3,rotation:5", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["accuracy"] == pytest.approx(trained["accuracy"])
+    assert set(result["shift"]) == {"gaussian_noise:3", "rotation:5", "mean"} and result["samples"] == 450
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--model", "nope", "--out", "x"], "unknown model 'nope'; choose one of"),
+    (["eval", "--checkpoint", "/nonexistent"], "does not exist"),
+    (["datasets", "--data-dir", "/nonexistent"], None),
+])
+def test_user_errors_exit_2_with_one_line(monkeypatch, capsys, args, needle):
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    if needle is None:
+        assert code == 0
+        return
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
