@@ -8,7 +8,7 @@ processes on one machine (not over a network file system); use PostgreSQL for se
 the ``psycopg`` driver (``pip install 'psycopg[binary]'``), imported only when a ``postgresql://`` URL is used.
 
 **One code path.** Both databases go through plain DB-API calls with the same SQL; the SQL is written once with
-``?`` placeholders and converted to ``%s`` for psycopg. Every call is one short transaction that commits at once.
+``?`` parameter markers and converted to ``%s`` for psycopg. Every call is one short transaction that commits at once.
 
 **Rows.** Table ``connprune_runs`` has one row per (config hash, model, method, parameters, sparsity, seed), keyed
 by the run key of :func:`connprune.experiments.config.run_key`. It holds the grid coordinates, the status
