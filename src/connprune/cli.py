@@ -123,6 +123,8 @@ def eval_cmd(
     shift: str = typer.Option("none", "--shift", help="none, NAME:SEVERITY, all, a list, or a shift data set."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions."),
     with_cost: bool = typer.Option(False, "--cost", help="Also params, MACs and latency at batch 1 and 64."),
+    connectivity: Optional[Path] = typer.Option(
+        None, "--connectivity", help="Reference checkpoint: also N2NSkip's heat-diffusion distance F to it."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Accuracy of a checkpoint, clean and under distribution shift (and its cost with --cost)."""
@@ -149,6 +151,16 @@ def eval_cmd(
                       latency_ms_b1=latency(loaded.model, shape, 1).median_ms,
                       latency_ms_b64=latency(loaded.model, shape, 64).median_ms)
         rows += [[k, result[k]] for k in ("params", "macs", "latency_ms_b1", "latency_ms_b64")]
+    if connectivity is not None:
+        from connprune.measure import heat
+
+        reference = load_checkpoint(connectivity)
+        shape = test_data.info.input_shape
+        graph = heat.unit_graph(reference.model, shape, masks=reference.masks)
+        result["heat_t"] = heat.saturation_time(graph)
+        result["heat_distance"] = heat.heat_distance(reference.model, loaded.model, shape, masks=loaded.masks,
+                                                     t=result["heat_t"], reference_masks=reference.masks)
+        rows += [[k, result[k]] for k in ("heat_distance", "heat_t")]
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))
 

@@ -1,0 +1,363 @@
+"""N2NSkip's heat-diffusion connectivity measure (Subramaniam & Sharma, Section 3.2), for any (masked) network.
+
+The network becomes an undirected graph of units; heat starts on the input units and diffuses along the weights:
+
+- Eq. (3) ``L = D − W`` (unnormalised Laplacian of the symmetric adjacency ``W``);
+- Eq. (4)-(5) heat signature ``S(t) = exp(−tL) A``, ``A`` = indicator of the network's input units (heat sources);
+- Eq. (6) ``F(t) = ||S_ref(t) − S_prune(t)||_2`` on the same node set;
+- Eq. (7) scree ``α(K, t) = Σ_{k=2}^{K+1} e^{−tλ_k} / Σ_{k=2}^{n} e^{−tλ_k}`` (λ ascending).
+
+Node-set rule (the code release's "inputs of every weight layer plus the classes", n = Σ in-units + classes):
+
+- every conv/linear layer (forward order, :func:`connprune.graph.build`) owns one node per *input unit*: an input
+  channel for a conv, an input feature for a linear layer. Where a linear layer reads a conv's output through a
+  flatten (``LayerPair.features_per_channel`` = H·W > 1) the H·W features of one channel are merged into one node, so
+  fc1 of LeNet-5 has 16 input nodes, not 400 (the channel is the unit of a conv net);
+- a layer that reads the model input (no producer pair) owns the input units, which are the heat sources (image
+  channels for a conv net; the 3072 pixels·channels for an MLP on 3×32×32, which reads the flattened image);
+- the output units of the output layer(s) are the class nodes (shared when several layers sum into the output);
+- the same activation read by two layers (a block's conv1 and its 1×1 downsample shortcut) gives two node copies,
+  one per reader, both wired to the same upstream units — this keeps n = Σ in-units + classes.
+
+Edges: a layer's weight ``W[o, i]`` joins its input node ``i`` to the input node ``o`` of *every* layer that reads
+its output channel ``o`` (its children in ``ModelGraph.pairs``; through a residual add the children include the
+next block's readers, so identity shortcuts connect the streams), or to class node ``o`` for an output layer.
+Edge weight: binary ``1`` if any weight of the (masked) kernel slice / merged feature block is non-zero, or weighted
+= the L1 norm of the masked slice (``Σ |w|`` over the kernel taps and merged features). Depthwise convs join input
+channel ``c`` to output channel ``c``. Parallel edges (a sequential weight and a skip on the same unit pair) add up
+(weighted) or count once (binary).
+
+Skip connections: ``extra_edges`` takes ``(src_layer, dst_layer, weight)``: ``weight`` ``[out, in(, kh, kw)]`` joins
+``src_layer``'s input units (``weight``'s dim 1) to ``dst_layer``'s *output* units (dim 0), i.e. N2NSkip's
+``a^{l+k} = g(z^{l+k} + g(conv_s(a^l)))`` with ``a^l`` the input of ``src_layer`` and ``z^{l+k}`` the output of
+``dst_layer``. A conv/linear module registered under a name with a ``skip`` part is treated the same way
+automatically: it adds no nodes, its input nodes are those of the non-skip layer reading the same producers.
+
+Shrunk models: a physically shrunk model has fewer units and the kept indices are not recorded, so
+:func:`heat_distance` needs the pruned model at the reference's widths (masked zeros, ``--no-shrink``) and raises a
+:class:`~connprune.errors.UserError` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+from torch import nn
+
+from connprune.errors import UserError
+from connprune.graph.dependency import build, is_depthwise
+from connprune.measure.sparsity import SKIP_MARKER
+
+SATURATION = 0.97
+"""α level that defines the saturation time t* (the horizontal line of the paper's Fig. 4)."""
+K_FRACTION = 0.06
+"""K as a fraction of n for the scree α(K, t) (Fig. 4: α(K, 0) ≈ 0.06)."""
+DENSE_EIGH_LIMIT = 12_000
+"""Largest n for which the scree (all eigenvalues, dense ``eigh``) is computed."""
+
+ExtraEdge = tuple[str, str, "torch.Tensor | np.ndarray"]
+
+
+@dataclass
+class UnitGraph:
+    """The unit graph of a network: symmetric sparse adjacency, named node blocks and the heat sources."""
+
+    adjacency: sp.csr_matrix
+    """n×n symmetric, float64 (binary 0/1 or L1-aggregated |w|)."""
+    node_names: list[str]
+    """One name per node block: ``"<layer>:in"`` for each weight layer's input units, then ``"classes"``."""
+    offsets: dict[str, tuple[int, int]]
+    """Block name → (first node index, number of nodes)."""
+    sources: np.ndarray
+    """n-vector ``A``: 1.0 on the network's input units, 0.0 elsewhere."""
+    weighted: bool = False
+    _eigenvalues: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return int(self.adjacency.shape[0])
+
+    def laplacian(self) -> sp.csr_matrix:
+        """``L = D − W`` (sparse, float64)."""
+        degrees = np.asarray(self.adjacency.sum(axis=1)).ravel()
+        return (sp.diags(degrees) - self.adjacency).tocsr()
+
+    def eigenvalues(self) -> np.ndarray:
+        """All eigenvalues of ``L``, ascending (dense ``eigh``; cached)."""
+        if self._eigenvalues is None:
+            if self.n > DENSE_EIGH_LIMIT:
+                raise UserError(f"the unit graph has {self.n} nodes; the scree α(K, t) needs all eigenvalues, "
+                                f"computed densely only up to {DENSE_EIGH_LIMIT} nodes — pass an explicit t")
+            values = scipy.linalg.eigh(self.laplacian().toarray(), eigvals_only=True)
+            self._eigenvalues = np.clip(values, 0.0, None)  # L is PSD; clip round-off below 0
+        return self._eigenvalues
+
+    def block(self, name: str) -> slice:
+        """Node indices of block ``name`` as a slice."""
+        start, size = self.offsets[name]
+        return slice(start, start + size)
+
+
+def _is_skip(name: str) -> bool:
+    return any(SKIP_MARKER in part for part in name.split("."))
+
+
+def _as_numpy(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(weight, torch.Tensor):
+        return weight.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(weight, dtype=np.float64)
+
+
+def _slice_weights(weight: np.ndarray, n_in: int, weighted: bool) -> np.ndarray:
+    """``[out, n_in]`` edge weights: L1 norm (or any-non-zero) of each kernel slice / merged feature block."""
+    out = weight.shape[0]
+    if weight.ndim == 2:
+        if weight.shape[1] % n_in:
+            raise UserError(f"a weight with {weight.shape[1]} inputs cannot be split over {n_in} input units")
+        blocks = np.abs(weight).reshape(out, n_in, weight.shape[1] // n_in)
+    else:
+        if weight.shape[1] != n_in:
+            raise UserError(f"a conv weight with {weight.shape[1]} input channels cannot join {n_in} input units")
+        blocks = np.abs(weight).reshape(out, n_in, -1)
+    if weighted:
+        return blocks.sum(axis=2)
+    return (blocks != 0).any(axis=2).astype(np.float64)
+
+
+def _effective(module: nn.Module, name: str, masks: Mapping[str, torch.Tensor] | None) -> np.ndarray:
+    weight = module.weight.detach()
+    key = f"{name}.weight"
+    if masks is not None and key in masks:
+        weight = weight * masks[key].to(weight.device, torch.bool).to(weight.dtype)
+    return _as_numpy(weight)
+
+
+def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, torch.Tensor] | None = None,
+               weighted: bool = False, extra_edges: Iterable[ExtraEdge] = ()) -> UnitGraph:
+    """The unit graph of ``model`` (see the module docstring for nodes and edges).
+
+    ``masks``: parameter name → keep mask, applied to the weights (a masked or exactly-zero weight is no edge).
+    ``weighted``: edge weight = L1 norm of the masked kernel slice instead of 1.
+    ``extra_edges``: ``(src_layer, dst_layer, weight [out, in(, kh, kw)])`` skip edges from ``src_layer``'s input
+    units to ``dst_layer``'s output units (pass masked skip weights).
+    """
+    graph = build(model, tuple(input_shape))
+    modules = dict(model.named_modules())
+    parents: dict[str, list[str]] = {name: [] for name in graph.layers}
+    children: dict[str, list[str]] = {name: [] for name in graph.layers}
+    features: dict[str, int] = {}
+    for pair in graph.pairs:
+        parents[pair.child].append(pair.parent)
+        children[pair.parent].append(pair.child)
+        features.setdefault(pair.child, pair.features_per_channel)
+
+    def width(name: str) -> tuple[int, int]:
+        module = modules[name]
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels, module.out_channels
+        return module.in_features, module.out_features
+
+    offsets: dict[str, tuple[int, int]] = {}
+    names: list[str] = []
+    sources: list[tuple[int, int]] = []
+    total = 0
+    main = [name for name in graph.layers if not _is_skip(name)]
+    for name in main:
+        n_in = width(name)[0] // features.get(name, 1)
+        offsets[f"{name}:in"] = (total, n_in)
+        names.append(f"{name}:in")
+        if not parents[name]:
+            sources.append((total, n_in))  # reads the model input
+        total += n_in
+    class_sizes = {width(name)[1] for name in graph.output_layers}
+    if len(class_sizes) != 1:
+        raise UserError(f"cannot tell the classes: output layers {graph.output_layers} have output widths "
+                        f"{sorted(class_sizes)}")
+    n_classes = class_sizes.pop()
+    offsets["classes"] = (total, n_classes)
+    names.append("classes")
+    total += n_classes
+
+    # A skip module adds no nodes: it reads the units of the main layer with the same producers.
+    by_parents = {}
+    for name in main:
+        by_parents.setdefault(tuple(sorted(parents[name])), name)
+    input_block: dict[str, str] = {f"{name}": f"{name}:in" for name in main}
+    for name in graph.layers:
+        if _is_skip(name):
+            twin = by_parents.get(tuple(sorted(parents[name])))
+            if twin is None:
+                raise UserError(f"skip module {name!r} reads units no main layer reads; pass it as an extra edge")
+            input_block[name] = f"{twin}:in"
+
+    def output_blocks(layer: str) -> list[tuple[int, int]]:
+        if layer in graph.output_layers:
+            return [offsets["classes"]]
+        blocks = [offsets[f"{child}:in"] for child in children[layer] if not _is_skip(child)]
+        if not blocks:
+            raise UserError(f"layer {layer!r} feeds no other weight layer and not the output; its output units "
+                            "have no node")
+        return blocks
+
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+
+    def connect(src_block: tuple[int, int], dst_blocks: list[tuple[int, int]], edge: np.ndarray, what: str) -> None:
+        for dst_start, dst_size in dst_blocks:
+            if edge.shape[0] != dst_size:
+                raise UserError(f"{what}: {edge.shape[0]} output units but the reading layer has {dst_size} input "
+                                "units (channels concatenated or sliced?); the unit graph supports adds only")
+            out_idx, in_idx = np.nonzero(edge)
+            rows.append(src_block[0] + in_idx)
+            cols.append(dst_start + out_idx)
+            vals.append(edge[out_idx, in_idx])
+
+    for name in graph.layers:
+        module = modules[name]
+        src_block = offsets[input_block[name]]
+        weight = _effective(module, name, masks)
+        if is_depthwise(module):
+            diag = np.abs(weight).reshape(weight.shape[0], -1)
+            values = diag.sum(axis=1) if weighted else (diag != 0).any(axis=1).astype(np.float64)
+            edge = np.diag(values)
+        else:
+            edge = _slice_weights(weight, src_block[1], weighted)
+        connect(src_block, output_blocks(name), edge, f"layer {name!r}")
+    for src, dst, weight in extra_edges:
+        for layer in (src, dst):
+            if f"{layer}:in" not in offsets:
+                raise UserError(f"extra edge names layer {layer!r}, which is not a weight layer of the model; "
+                                f"choose from {', '.join(main[:4])}, ...")
+        src_block = offsets[f"{src}:in"]
+        connect(src_block, output_blocks(dst), _slice_weights(_as_numpy(weight), src_block[1], weighted),
+                f"extra edge {src}→{dst}")
+
+    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    col = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    val = np.concatenate(vals) if vals else np.zeros(0)
+    upper = sp.coo_matrix((val, (row, col)), shape=(total, total)).tocsr()
+    adjacency = (upper + upper.T).tocsr()
+    adjacency.sum_duplicates()
+    if not weighted:
+        adjacency.data = np.minimum(adjacency.data, 1.0)
+    adjacency.eliminate_zeros()
+    indicator = np.zeros(total)
+    for start, size in sources:
+        indicator[start:start + size] = 1.0
+    return UnitGraph(adjacency=adjacency, node_names=names, offsets=offsets, sources=indicator, weighted=weighted)
+
+
+def from_adjacency(adjacency: sp.spmatrix | np.ndarray, sources: Sequence[int] | np.ndarray) -> UnitGraph:
+    """A :class:`UnitGraph` from a symmetric adjacency and the source node indices (hand-built graphs, tests)."""
+    matrix = sp.csr_matrix(adjacency, dtype=np.float64)
+    if matrix.shape[0] != matrix.shape[1] or (abs(matrix - matrix.T) > 1e-12).nnz:
+        raise UserError("the adjacency must be a square symmetric matrix")
+    indicator = np.zeros(matrix.shape[0])
+    indicator[np.asarray(sources, dtype=np.int64)] = 1.0
+    return UnitGraph(adjacency=matrix, node_names=["nodes"], offsets={"nodes": (0, matrix.shape[0])},
+                     sources=indicator, weighted=bool(np.any((matrix.data != 0) & (matrix.data != 1))))
+
+
+def heat_kernel(graph: UnitGraph, t: float) -> np.ndarray:
+    """Dense ``H(t) = U exp(−Λt) U^T`` (small graphs only: n×n)."""
+    laplacian = graph.laplacian().toarray()
+    values, vectors = scipy.linalg.eigh(laplacian)
+    return (vectors * np.exp(-t * np.clip(values, 0.0, None))) @ vectors.T
+
+
+def heat_signature(graph: UnitGraph, t: float) -> np.ndarray:
+    """``S(t) = exp(−tL) A`` (n-vector) by ``scipy.sparse.linalg.expm_multiply`` (no eigendecomposition)."""
+    if t < 0:
+        raise UserError(f"t must be >= 0, got {t}")
+    if t == 0:
+        return graph.sources.copy()
+    return np.asarray(spla.expm_multiply(-float(t) * graph.laplacian().tocsc(), graph.sources), dtype=np.float64)
+
+
+def signature_distance(reference: UnitGraph, pruned: UnitGraph, t: float) -> float:
+    """``F(t) = ||S_ref(t) − S_prune(t)||_2``; the graphs must share the node set and the sources."""
+    if reference.offsets != pruned.offsets or not np.array_equal(reference.sources, pruned.sources):
+        raise UserError("the two unit graphs have different node sets; F compares networks with the same units "
+                        "(a physically shrunk model needs its masked, unshrunk checkpoint: prune with --no-shrink)")
+    return float(np.linalg.norm(heat_signature(reference, t) - heat_signature(pruned, t)))
+
+
+def _k(graph: UnitGraph, k_fraction: float) -> int:
+    if graph.n < 3:
+        raise UserError(f"the scree needs at least 3 nodes, the graph has {graph.n}")
+    return int(min(max(1, round(k_fraction * graph.n)), graph.n - 1))
+
+
+def scree_values(eigenvalues: np.ndarray, k: int, ts: Iterable[float]) -> np.ndarray:
+    """α(K, t) for each t from ascending Laplacian eigenvalues (λ_1 dropped, as in Eq. (7))."""
+    rest = np.sort(np.asarray(eigenvalues, dtype=np.float64))[1:]
+    out = []
+    for t in ts:
+        weights = np.exp(-float(t) * (rest - rest[0]))  # shifted by λ_2: the ratio is unchanged, no underflow
+        out.append(weights[:k].sum() / weights.sum())
+    return np.asarray(out)
+
+
+def scree(graph: UnitGraph, k_fraction: float = K_FRACTION, ts: Iterable[float] = (0.0,)) -> np.ndarray:
+    """Scree α(K, t) (Eq. 7) at each ``t`` with K = ``k_fraction``·n (rounded, at least 1, at most n−1)."""
+    return scree_values(graph.eigenvalues(), _k(graph, k_fraction), ts)
+
+
+def saturation_time(graph: UnitGraph, k_fraction: float = K_FRACTION, level: float = SATURATION,
+                    rtol: float = 1e-6) -> float:
+    """Smallest t with α(K, t) ≥ ``level`` (α is non-decreasing in t), by doubling then bisection in log t."""
+    values = graph.eigenvalues()
+    k = _k(graph, k_fraction)
+    alpha = lambda t: float(scree_values(values, k, [t])[0])  # noqa: E731
+    if alpha(0.0) >= level:
+        return 0.0
+    hi = 1e-6
+    while alpha(hi) < level:
+        hi *= 2.0
+        if hi > 1e15:
+            raise UserError(f"the scree α(K={k}, t) of this graph never reaches {level} (too many disconnected "
+                            "components or all eigenvalues equal); pass an explicit t")
+    lo = hi / 2.0 if hi > 1e-6 else 0.0
+    while hi - lo > rtol * hi:
+        mid = 0.5 * (lo + hi)
+        if alpha(mid) >= level:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(m.weight.shape) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def heat_distance(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Sequence[int],
+                  masks: Mapping[str, torch.Tensor] | None = None, t: float | None = None, weighted: bool = False,
+                  reference_masks: Mapping[str, torch.Tensor] | None = None, extra_edges: Iterable[ExtraEdge] = (),
+                  k_fraction: float = K_FRACTION) -> float:
+    """N2NSkip's F = ||S_ref(t) − S_prune(t)||_2 between a reference and a pruned (masked) model.
+
+    ``masks`` apply to ``pruned_model`` and ``reference_masks`` to the reference; ``extra_edges`` are the pruned
+    model's skip edges. ``t=None``: the reference's saturation time t* (:func:`saturation_time`). The pruned model
+    must have the reference's layer shapes (masked, not physically shrunk: kept indices are not recorded).
+    """
+    ref_widths, pruned_widths = _widths(reference_model), _widths(pruned_model)
+    if {k: v for k, v in ref_widths.items() if not _is_skip(k)} != \
+            {k: v for k, v in pruned_widths.items() if not _is_skip(k)}:
+        changed = sorted(k for k in ref_widths if pruned_widths.get(k) != ref_widths[k])
+        raise UserError(f"the pruned model's layers differ in shape from the reference's ({', '.join(changed[:3])}"
+                        "); F compares the same units, so it needs a masked (unshrunk) model — prune with "
+                        "--no-shrink, or compare against a reference of the same architecture")
+    reference = unit_graph(reference_model, input_shape, masks=reference_masks, weighted=weighted)
+    pruned = unit_graph(pruned_model, input_shape, masks=masks, weighted=weighted, extra_edges=extra_edges)
+    if t is None:
+        t = saturation_time(reference, k_fraction)
+    return signature_distance(reference, pruned, t)

@@ -1,0 +1,220 @@
+"""N2NSkip heat-diffusion connectivity: closed forms, node set, F, scree, saturation, CLI (spec §2, §3.7, §7)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from connprune import checkpoint, cli, models
+from connprune.errors import UserError
+from connprune.measure import heat
+from connprune.measure.sparsity import prunable_weights
+
+
+def two_components() -> heat.UnitGraph:
+    """Path 0-1-2-3 (sources 0 and 1) and triangle 4-5-6 (source 4), weighted edges."""
+    a = np.zeros((7, 7))
+    for i, j, w in [(0, 1, 1.0), (1, 2, 2.0), (2, 3, 0.5), (4, 5, 1.0), (5, 6, 3.0), (4, 6, 1.5)]:
+        a[i, j] = a[j, i] = w
+    return heat.from_adjacency(a, [0, 1, 4])
+
+
+def small_mlp(seed: int = 0, widths: tuple[int, ...] = (32, 16)) -> nn.Module:
+    torch.manual_seed(seed)
+    return models.create("mlp", in_channels=1, input_size=8, widths=list(widths))
+
+
+def random_masks(model: nn.Module, keep: float, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(w.shape, generator=generator) < keep for name, w in prunable_weights(model).items()}
+
+
+# --- closed forms on hand-built graphs ------------------------------------------------------------------------------
+
+def test_heat_kernel_closed_forms():
+    graph = two_components()
+    np.testing.assert_allclose(heat.heat_kernel(graph, 0.0), np.eye(7), atol=1e-12)
+    np.testing.assert_array_equal(heat.heat_signature(graph, 0.0), graph.sources)
+    for t in (0.1, 1.0, 7.0):
+        h = heat.heat_kernel(graph, t)
+        np.testing.assert_allclose(h, h.T, atol=1e-12)
+        np.testing.assert_allclose(h.sum(axis=1), 1.0, atol=1e-10)
+        s = heat.heat_signature(graph, t)
+        assert s.sum() == pytest.approx(graph.sources.sum(), abs=1e-8)  # heat conserved
+        np.testing.assert_allclose(s, h @ graph.sources, atol=1e-8)  # expm_multiply == U e^{-Λt} U^T A
+    # t → ∞: S_i = |sources in C(i)| / |C(i)|
+    np.testing.assert_allclose(heat.heat_signature(graph, 1e3), [0.5] * 4 + [1 / 3] * 3, atol=1e-8)
+
+
+def test_isolated_nodes_keep_their_heat_and_f_stays_away_from_zero():
+    a = np.zeros((5, 5))
+    a[1, 2] = a[2, 1] = a[2, 3] = a[3, 2] = 1.0  # 0: isolated source, 4: isolated sink, 1 source on path 1-2-3
+    graph = heat.from_adjacency(a, [0, 1])
+    for t in (0.5, 5.0, 500.0):
+        s = heat.heat_signature(graph, t)
+        assert s[0] == pytest.approx(1.0) and s[4] == pytest.approx(0.0)
+    full = a.copy()
+    full[3, 4] = full[4, 3] = full[0, 1] = full[1, 0] = 1.0  # connected path 0-1-2-3-4
+    connected = heat.from_adjacency(full, [0, 1])
+    other = full.copy()
+    other[0, 4] = other[4, 0] = 2.0  # a different connected graph on the same nodes
+    assert heat.signature_distance(connected, heat.from_adjacency(other, [0, 1]), 1e3) < 1e-6
+    assert heat.signature_distance(connected, graph, 1e3) > 0.1
+
+
+def test_scree_closed_forms_and_saturation():
+    rng = np.random.default_rng(0)
+    a = np.triu((rng.random((40, 40)) < 0.2) * 1.0, 1)
+    a[np.arange(39), np.arange(1, 40)] = 1.0  # a spanning path: connected
+    graph = heat.from_adjacency(a + a.T, [0, 1, 2])
+    n = graph.n
+    k = round(0.06 * n)
+    assert heat.scree(graph, ts=[0.0])[0] == pytest.approx(k / (n - 1))
+    alphas = heat.scree(graph, ts=np.linspace(0, 20, 50))
+    assert np.all(np.diff(alphas) >= -1e-12) and np.all((alphas >= 0) & (alphas <= 1 + 1e-12))
+    assert heat.scree(graph, ts=[1e4])[0] == pytest.approx(1.0)
+    by_k = [heat.scree(graph, k_fraction=f, ts=[0.3])[0] for f in (0.05, 0.2, 0.5, 1.0)]
+    assert np.all(np.diff(by_k) >= 0) and by_k[-1] == pytest.approx(1.0)
+    t_star = heat.saturation_time(graph)
+    assert heat.scree(graph, ts=[t_star])[0] >= heat.SATURATION
+    assert heat.scree(graph, ts=[t_star * 0.999])[0] < heat.SATURATION
+
+
+def test_adding_edges_does_not_lower_algebraic_connectivity():
+    model = small_mlp()
+    masks = random_masks(model, 0.1, 0)
+    plain = heat.unit_graph(model, (1, 8, 8), masks=masks)
+    skip = torch.randn(10, 64) * (torch.rand(10, 64) < 0.2)  # input pixels → classes (dst = classifier's output)
+    skipped = heat.unit_graph(model, (1, 8, 8), masks=masks, extra_edges=[("features.0", "classifier", skip)])
+    assert skipped.offsets == plain.offsets
+    assert skipped.adjacency.nnz == plain.adjacency.nnz + 2 * int((skip != 0).sum())  # pixels–classes: new pairs
+    assert skipped.eigenvalues()[1] >= plain.eigenvalues()[1] - 1e-9
+    with pytest.raises(UserError, match="not a weight layer"):
+        heat.unit_graph(model, (1, 8, 8), extra_edges=[("nope", "classifier", skip)])
+
+
+# --- node-set rule --------------------------------------------------------------------------------------------------
+
+def test_mlp_node_count_matches_the_paper():
+    model = models.create("mlp", in_channels=3, input_size=32, widths=[512, 256, 128, 64])
+    graph = heat.unit_graph(model, (3, 32, 32))
+    assert graph.n == 4042 and graph.sources.sum() == 3072
+    assert graph.node_names[-1] == "classes" and graph.offsets["classes"] == (4032, 10)
+    # dense MLP: every input unit of a layer is joined to every input unit of the next
+    degrees = np.asarray((graph.adjacency != 0).sum(axis=1)).ravel()
+    assert degrees[0] == 512 and degrees[-1] == 64
+
+
+def test_lenet_merges_flattened_features_into_channels():
+    model = models.create("lenet5")
+    graph = heat.unit_graph(model, (1, 28, 28), weighted=True)
+    assert graph.offsets["fc1:in"][1] == 16  # 400 flattened features → 16 channel nodes
+    assert graph.n == 1 + 6 + 16 + 120 + 84 + 10 and graph.sources.sum() == 1
+    w = model.fc1.weight.detach().double().abs().reshape(120, 16, 25).sum(-1)  # L1 of each channel's features
+    c, o = graph.offsets["fc1:in"][0], graph.offsets["fc2:in"][0]
+    np.testing.assert_allclose(graph.adjacency[c:c + 16, o:o + 120].toarray(), w.T.numpy(), rtol=1e-12)
+    k = model.conv2.weight.detach().double().abs().sum((2, 3))  # conv kernel slice L1
+    s = graph.offsets["conv2:in"][0]
+    np.testing.assert_allclose(graph.adjacency[s:s + 6, c:c + 16].toarray(), k.T.numpy(), rtol=1e-12)
+
+
+def test_resnet_node_count_and_residual_edges():
+    model = models.create("resnet20")
+    graph = heat.unit_graph(model, (3, 32, 32))
+    expected = sum(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)) + model.fc.in_features + 10
+    assert graph.n == expected and graph.sources.sum() == 3
+    adjacency = graph.adjacency
+    image = graph.block("conv1:in")
+    # the stem's weights reach block 0's conv1 directly and block 1's conv1 through the identity shortcut
+    assert adjacency[image, graph.block("layer1.0.conv1:in")].nnz == 3 * 16
+    assert adjacency[image, graph.block("layer1.1.conv1:in")].nnz == 3 * 16
+    assert adjacency[image, graph.block("layer1.2.conv1:in")].nnz == 0  # a second add: not a direct parent
+    # the downsample reads the same stream as the block's conv1: both copies are fed by layer1.2.conv2
+    src = graph.block("layer1.2.conv2:in")
+    assert adjacency[src, graph.block("layer2.0.downsample.0:in")].nnz == 16 * 16
+    assert adjacency[src, graph.block("layer2.0.conv1:in")].nnz == 16 * 16
+    assert abs(adjacency - adjacency.T).max() == 0
+
+
+def test_binary_vs_weighted_and_masks():
+    model = small_mlp()
+    masks = random_masks(model, 0.3, 1)
+    binary = heat.unit_graph(model, (1, 8, 8), masks=masks)
+    weighted = heat.unit_graph(model, (1, 8, 8), masks=masks, weighted=True)
+    assert set(np.unique(binary.adjacency.data)) == {1.0}
+    assert binary.adjacency.nnz == weighted.adjacency.nnz == 2 * sum(int(m.sum()) for m in masks.values())
+    w = (model.features[0].weight.detach().double() * masks["features.0.weight"]).abs()
+    block = weighted.adjacency[weighted.block("features.0:in"), weighted.block("features.2:in")].toarray()
+    np.testing.assert_allclose(block, w.T.numpy(), rtol=1e-12)
+
+
+# --- F -------------------------------------------------------------------------------------------------------------
+
+def test_f_is_zero_for_identical_models():
+    model = small_mlp()
+    twin = small_mlp()
+    assert heat.heat_distance(model, twin, (1, 8, 8)) == 0.0
+    assert heat.heat_distance(model, twin, (1, 8, 8), t=0.7, weighted=True) == 0.0
+    masks = random_masks(model, 0.5, 3)
+    assert heat.heat_distance(model, model, (1, 8, 8), masks=masks, reference_masks=masks, t=2.0) == 0.0
+
+
+def test_f_grows_as_random_pruning_disconnects_units():
+    reference = small_mlp(widths=(24, 12))
+    means = []
+    for keep in (1.0, 0.3, 0.1, 0.03):
+        values = [heat.heat_distance(reference, reference, (1, 8, 8), masks=random_masks(reference, keep, seed))
+                  for seed in range(3)]
+        means.append(np.mean(values))
+    assert means[0] == 0.0 and all(b > a for a, b in zip(means, means[1:]))
+
+
+def test_f_needs_unshrunk_models():
+    with pytest.raises(UserError, match="--no-shrink"):
+        heat.heat_distance(small_mlp(), small_mlp(widths=(30, 16)), (1, 8, 8))
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+
+def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
+    reference = small_mlp()
+    checkpoint.save(reference, tmp_path / "ref", data_info={"name": "digits"})
+    pruned = small_mlp()
+    checkpoint.save(pruned, tmp_path / "pruned", data_info={"name": "digits"}, masks=random_masks(pruned, 0.05, 0))
+    results = {}
+    for name in ("ref", "pruned"):
+        monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / name),
+                                          "--connectivity", str(tmp_path / "ref"), "--json"])
+        try:
+            cli.main()
+        except SystemExit as exc:
+            assert not exc.code
+        results[name] = json.loads(capsys.readouterr().out)
+    assert results["ref"]["heat_distance"] == 0.0
+    assert results["pruned"]["heat_distance"] > 0.0 and results["pruned"]["heat_t"] > 0.0
+
+
+def test_depthwise_convs_join_channel_to_channel():
+    model = models.create("mobilenetv2")
+    graph = heat.unit_graph(model, (3, 32, 32))
+    depthwise = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+    child = next(name for name in graph.node_names if name.startswith(depthwise.rsplit(".", 1)[0]) and
+                 name != f"{depthwise}:in" and graph.node_names.index(name) > graph.node_names.index(f"{depthwise}:in"))
+    block = graph.adjacency[graph.block(f"{depthwise}:in"), graph.block(child)].toarray()
+    np.testing.assert_array_equal(block, np.eye(block.shape[0]))
+    assert heat.heat_signature(graph, 0.1).sum() == pytest.approx(3.0)
+
+
+def test_cli_connectivity_rejects_shrunk_checkpoints(monkeypatch, capsys, tmp_path):
+    checkpoint.save(small_mlp(), tmp_path / "ref", data_info={"name": "digits"})
+    checkpoint.save(small_mlp(widths=(30, 16)), tmp_path / "shrunk", data_info={"name": "digits"})
+    monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / "shrunk"),
+                                      "--connectivity", str(tmp_path / "ref"), "--json"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2 and "--no-shrink" in capsys.readouterr().err
