@@ -38,7 +38,11 @@ def _root(
 
 
 def emit(payload: Any, as_json: bool, table: Table | None = None) -> None:
-    """Print ``payload`` as JSON (``--json``) or ``table`` for people."""
+    """Print ``payload`` as JSON (``--json``) or ``table`` for people (under torchrun: rank 0 only)."""
+    from connprune.train.distributed import is_main
+
+    if not is_main():
+        return
     if as_json:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     elif table is not None:

@@ -47,6 +47,19 @@ class Batches:
     """Iterate over ``(inputs, labels)`` batches of an :class:`ImageData`, normalised, optionally shuffled/augmented.
 
     ``generator`` drives shuffling and augmentation; save ``generator.get_state()`` to resume mid-run exactly.
+
+    Data-parallel sharding (``world_size > 1``): ``batch_size`` is the *global* batch and must be divisible by
+    ``world_size``. Every rank draws the same permutation from the same seeded generator each epoch (the
+    ``DistributedSampler`` rule), cuts it into the same consecutive global batches as a single process with
+    ``batch_size`` would, and yields the strided share ``global_batch[rank::world_size]`` of each
+    (``batch_size // world_size`` samples). Within full batches this is exactly ``DistributedSampler``'s shard
+    ``perm[rank::world_size]`` chunked into local batches, and the union of the ranks' local batches is the single
+    process's batch, so batch boundaries line up. Nothing is padded or repeated: the last, partial global batch is
+    split as evenly as the stride gives (ranks may differ by one sample; :attr:`global_size` tells the trainer the
+    global count so it can weight the loss exactly), and it is dropped only when it has fewer samples than there are
+    ranks (so that no rank gets an empty batch). Augmentation is drawn for the whole global batch on every rank
+    before slicing, so the generator stream - and therefore every crop and flip - is identical on all ranks and to
+    the single-process run. With ``world_size == 1`` (the default) behaviour and generator stream are unchanged.
     """
 
     def __init__(
@@ -59,9 +72,18 @@ class Batches:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         images: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"the global batch_size {batch_size} is not divisible by the {world_size} processes")
+        self.rank, self.world_size = rank, world_size
+        self.global_size = 0
+        """Samples in the global batch the last yielded local batch belongs to."""
         self.device = torch.device(device)
         self.info = data.info
         source = data.images if images is None else images
@@ -72,10 +94,20 @@ class Batches:
         self.augment = augment and data.info.augment
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
+    @property
+    def local_batch_size(self) -> int:
+        """Samples per full batch on this rank: ``batch_size // world_size``."""
+        return self.batch_size // self.world_size
+
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        n = len(self.labels)
+        full, tail = divmod(n, self.batch_size)
+        return full + (tail >= self.world_size if self.world_size > 1 else tail > 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.world_size > 1:
+            yield from self._sharded()
+            return
         n = len(self.labels)
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.device)
@@ -90,4 +122,21 @@ class Batches:
                 x, y = self.images[idx], self.labels[idx]
             if self.augment:
                 x = random_crop_flip(x, self.info.crop_padding, self.generator)
+            self.global_size = len(y)
+            yield normalize(x, self.info), y
+
+    def _sharded(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, world, rank = len(self.labels), self.world_size, self.rank
+        order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            if stop - start < world:
+                break  # fewer samples than ranks: dropped (see the class doc)
+            idx = torch.arange(start, stop, device=self.device) if order is None else order[start:stop]
+            if self.augment:  # draw for the whole global batch so every rank's generator stays in step
+                x = random_crop_flip(self.images[idx], self.info.crop_padding, self.generator)[rank::world]
+            else:
+                x = self.images[idx[rank::world]]
+            y = self.labels[idx[rank::world]]
+            self.global_size = stop - start
             yield normalize(x, self.info), y

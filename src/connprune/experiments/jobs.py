@@ -19,7 +19,7 @@ from connprune.measure.sparsity import count_prunable
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
 from connprune.surgery import MaskEnforcer, apply_masks
-from connprune.train import Trainer, default_recipe, evaluate, evaluate_shift
+from connprune.train import Trainer, default_recipe, distributed, evaluate, evaluate_shift
 from connprune.utils.seed import default_device, seed_everything
 
 
@@ -45,13 +45,18 @@ def train_dense(
 
     The per-epoch training state lives in a hidden sibling ``.<out>.partial`` until the run finishes, so
     ``out_dir`` only ever holds a complete checkpoint; ``resume`` continues from that state.
+
+    Under ``torchrun`` the run is data-parallel (the recipe's ``batch_size`` is the global batch) and only rank 0
+    writes the checkpoint and removes the state directory.
     """
+    distributed.init_from_env()
     out_dir = Path(out_dir)
     state_dir = out_dir.parent / f".{out_dir.name}.partial"
     if resume and (out_dir / checkpoint.MODEL_JSON).is_file() and not state_dir.exists():
         return checkpoint.load_checkpoint(out_dir).metrics  # finished before: nothing left to do
-    if not resume and state_dir.exists():
+    if not resume and state_dir.exists() and distributed.is_main():
         shutil.rmtree(state_dir)
+    distributed.barrier()
     info = data.info(data_name)
     if info.shift_only:
         raise UserError(f"{data_name} is a test-only shift set; train on its base set and evaluate with "
@@ -68,8 +73,10 @@ def train_dense(
         "accuracy": result.final["accuracy"], "loss": result.final["loss"], "samples": result.final["samples"],
         "train_seconds": result.seconds, "recipe": config.model_dump(), "history": result.history,
     }
-    checkpoint.save(model, out_dir, data_info=info.to_json(), metrics=metrics)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    if distributed.is_main():
+        checkpoint.save(model, out_dir, data_info=info.to_json(), metrics=metrics)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    distributed.barrier()
     return metrics
 
 
@@ -179,7 +186,9 @@ def prune_job(
 ) -> dict[str, Any]:
     """``connprune prune``: prune a trained checkpoint (or, for methods that prune at initialisation or while
     training, a fresh ``model_name`` on ``data_name`` trained ``epochs``), evaluate, and save the pruned (physically
-    smaller) model with ``metrics.json`` as the contract describes."""
+    smaller) model with ``metrics.json`` as the contract describes. Under ``torchrun`` every rank prunes (the
+    methods are seeded, so identically), the training runs data-parallel and only rank 0 writes."""
+    distributed.init_from_env()
     method = methods.create(method_name, **{"seed": seed, **(params or {})})
     sparsity = method.check_sparsity(sparsity)
     if method.needs_trained:
@@ -203,5 +212,7 @@ def prune_job(
     model, masks, metrics = prune_model(model, method, sparsity, train_data, test_data, train_epochs=train_epochs,
                                         shift=shift, data_dir=data_dir, seed=seed, shrink=shrink, progress=progress,
                                         recipe_overrides=recipe_overrides)
-    checkpoint.save(model, out_dir, data_info=train_data.info.to_json(), metrics=metrics, masks=masks)
+    if distributed.is_main():
+        checkpoint.save(model, out_dir, data_info=train_data.info.to_json(), metrics=metrics, masks=masks)
+    distributed.barrier()
     return metrics

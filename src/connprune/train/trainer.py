@@ -4,6 +4,16 @@ Methods plug in through :class:`TrainHook` (after every optimiser step, e.g. to 
 to prune). With ``state_dir`` the full training state (weights, optimiser state, data-order generator, RNG, history)
 is saved atomically after every epoch, and ``resume=True`` continues a killed run so that it ends with exactly the
 weights of an uninterrupted run (on the CPU, with the same thread count).
+
+Under ``torchrun`` (a process group initialised with :func:`connprune.train.distributed.init_from_env`) the trainer
+runs data-parallel by itself: ``config.batch_size`` is the *global* batch (it must be divisible by the number of
+processes), each rank trains on its share of every global batch (see :class:`~connprune.data.pipeline.Batches`)
+through a ``DistributedDataParallel`` wrapper (:attr:`Trainer.ddp`), and the loss is weighted so that the averaged
+gradients equal those of one process on the global batch - also for an uneven last batch. ``Trainer.model`` stays
+the plain module that hooks see and change in place (hooks must not replace its parameters while training). Every
+rank evaluates on the full test set; only rank 0 shows progress and writes the state (the others wait at a
+barrier), and every rank loads it on resume (multi-node runs need ``state_dir`` on a shared file system). Models
+with batch norm use each rank's batch statistics, as DDP does by default.
 """
 
 from __future__ import annotations
@@ -21,10 +31,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from connprune.data import ImageData
 from connprune.data.pipeline import Batches
 from connprune.errors import UserError
+from connprune.train import distributed
 from connprune.train.evaluate import evaluate
 from connprune.train.recipes import TrainConfig
 from connprune.utils.io import atomic_dir
@@ -98,7 +110,19 @@ class Trainer:
         self.test_data = test_data
         self.hooks = list(hooks or [])
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.progress = progress
+        self.world_size = distributed.world_size() if distributed.is_distributed() else 1
+        self.rank = distributed.rank() if self.world_size > 1 else 0
+        if config.batch_size % self.world_size:
+            raise UserError(f"batch_size {config.batch_size} (the global batch) is not divisible by the "
+                            f"{self.world_size} processes")
+        self.ddp: nn.Module = self.model
+        """What forward/backward run through: a ``DistributedDataParallel`` wrapper of :attr:`model` under
+        torchrun, else :attr:`model` itself."""
+        if self.world_size > 1:
+            device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)  # broadcasts rank 0's weights
+        self.progress = progress and self.rank == 0
         self.description = description
         self.optimizer = build_optimizer(self.model, config)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -106,14 +130,20 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.batches = Batches(
-            train_data, config.batch_size, shuffle=True, augment=True, generator=self.generator, device=self.device
+            train_data, config.batch_size, shuffle=True, augment=True, generator=self.generator, device=self.device,
+            rank=self.rank, world_size=self.world_size,
         )
         self.total_steps = config.epochs * len(self.batches)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def save_state(self) -> None:
-        """Save everything needed to continue exactly from the end of the current epoch (atomic)."""
+        """Save everything needed to continue exactly from the end of the current epoch (atomic).
+
+        Under torchrun only rank 0 writes; every rank returns once the state is on disk."""
         assert self.state_dir is not None
+        if self.rank != 0:
+            distributed.barrier()
+            return
         tensors: dict[str, torch.Tensor] = {
             f"model/{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
         }
@@ -134,6 +164,8 @@ class Trainer:
         with atomic_dir(self.state_dir / STATE_DIR) as tmp:
             save_file(tensors, str(tmp / "state.safetensors"))
             (tmp / "state.json").write_text(json.dumps(meta))
+        if self.world_size > 1:
+            distributed.barrier()
 
     def load_state(self) -> bool:
         """Restore a saved state if one exists; returns whether it did."""
@@ -171,15 +203,21 @@ class Trainer:
             group["lr"] = learning_rate(self.config, self.step, self.total_steps)
         use_amp = self.config.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+            logits = self.ddp(x)
+            if self.world_size == 1:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+            else:  # DDP averages over ranks: sum / global count × world makes that the global batch's mean
+                summed = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing,
+                                         reduction="sum")
+                loss = summed * (self.world_size / self.batches.global_size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
         for hook in self.hooks:
             hook.after_step(self)
-        return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
+        loss_sum = loss.item() * len(y) if self.world_size == 1 else summed.item()
+        return loss_sum, int((logits.argmax(1) == y).sum().item())
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Run the remaining epochs; with ``resume`` continue from the last saved epoch."""
@@ -201,6 +239,10 @@ class Trainer:
                     loss_sum, correct, seen = loss_sum + loss, correct + right, seen + len(y)
                     bar.update(task, advance=1, status=f"epoch {self.epoch + 1} loss {loss_sum / seen:.3f}")
                 self.epoch += 1
+                if self.world_size > 1:  # the whole epoch's training metrics, the same on every rank
+                    totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=self.device)
+                    torch.distributed.all_reduce(totals)
+                    loss_sum, correct, seen = totals[0].item(), int(totals[1].item()), int(totals[2].item())
                 metrics = {"epoch": self.epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                            "lr": learning_rate(self.config, self.step, self.total_steps)}
                 if self.test_data is not None:
