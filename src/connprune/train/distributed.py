@@ -57,8 +57,13 @@ def barrier() -> None:
 
 
 def _destroy() -> None:
+    """At exit: wait for every rank, then leave the group. Without the barrier a rank that leaves first closes its
+    Gloo connections while a peer is still using them, and that peer aborts (SIGABRT)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
