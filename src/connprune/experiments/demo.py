@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from connprune import data, methods
+from connprune.experiments import report as report_tables
 from connprune.experiments.jobs import build_model, prune_model
 from connprune.experiments.plots import accuracy_vs_sparsity, shift_bars, training_curves
 from connprune.measure import cost
@@ -25,17 +25,13 @@ FINETUNE_EPOCHS = 5
 
 def per_corruption(shift: dict[str, float]) -> dict[str, float]:
     """Average ``{"name:severity": acc}`` over severities into ``{"name": acc}`` (plus ``"mean"``)."""
-    groups: dict[str, list[float]] = defaultdict(list)
-    for key, value in shift.items():
-        if key != "mean":
-            groups[key.split(":")[0]].append(value)
-    return {**{k: sum(v) / len(v) for k, v in groups.items()}, "mean": shift["mean"]}
+    return {**report_tables.per_corruption(shift), "mean": shift["mean"]}
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    """The report's Markdown table, with floats shown to four decimals."""
+    return report_tables.markdown_table(columns, [[f"{v:.4f}" if isinstance(v, float) else v for v in row]
+                                                  for row in rows])
 
 
 def prune_every_method(dense: Any, train_data: data.ImageData, test_data: data.ImageData, *, seed: int,
