@@ -1,6 +1,7 @@
 """Checkpoint directories: ``model.safetensors`` + ``model.json`` (+ ``metrics.json``), no pickle anywhere.
 
-``model.json`` holds the architecture name and constructor config, and the per-layer widths after surgery, so
+``model.json`` holds the architecture name and constructor config, the structural edits (merged layers, skip
+branches; see :mod:`connprune.surgery.edits`) and the per-layer widths after surgery, so
 :func:`load` rebuilds the exact (possibly shrunk) module from the registry without executing anything from the file.
 Masks, if any, are stored beside the weights as tensors named ``mask::<parameter name>``. Every directory is written
 under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint.
@@ -20,6 +21,7 @@ from torch import nn
 
 from connprune import models
 from connprune.errors import UserError
+from connprune.surgery import edits
 from connprune.utils.io import atomic_dir
 
 FORMAT = 1
@@ -97,7 +99,6 @@ def save(
     data_info: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
-    skips: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write ``model`` (built by :func:`connprune.models.create`) as a checkpoint directory, atomically."""
     if not hasattr(model, "connprune_arch"):
@@ -112,7 +113,8 @@ def save(
         "config": model.connprune_config,
         "widths": layer_widths(model),
         "biases": layers_with_bias(model),
-        "skips": skips or [],
+        "skips": [e for e in edits.recorded(model) if e["op"] == "skip"],
+        "edits": edits.recorded(model),
         "data": data_info or {},
     }
     directory = Path(directory)
@@ -150,6 +152,7 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{directory / WEIGHTS} is truncated or corrupt ({exc}); re-create the checkpoint") from exc
     model = models.create(meta["architecture"], **meta["config"])
+    edits.replay(model, meta.get("edits", []))
     apply_widths(model, meta.get("widths", {}))
     add_biases(model, meta.get("biases", []))
     masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}

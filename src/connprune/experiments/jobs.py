@@ -126,6 +126,9 @@ def prune_model(
     """Prune ``model`` with ``method``, then train it ``train_epochs`` with the masks enforced (a fine-tune at a
     tenth of the recipe's learning rate for methods that prune a trained model; full training for methods that
     prune at initialisation). ``recipe_overrides`` change the data set's default recipe (as for the dense model).
+    Methods that train while they prune (``needs_training``) get a recipe of ``train_epochs`` epochs and train
+    themselves; after surgery they train ``result.train_after`` epochs (e.g. a refit). With a shift, the mean
+    corrupted accuracy over clean accuracy is reported as ``relative_robustness_before/after``.
     Returns the pruned model, its masks, and the contract's ``metrics.json`` fields."""
     sparsity = method.check_sparsity(sparsity)
     info = train_data.info
@@ -145,9 +148,12 @@ def prune_model(
     prune_seconds = time.perf_counter() - started
     acc_pruned = evaluate(model, test_data)["accuracy"]
     finetune_seconds = 0.0
-    if train_epochs > 0:
-        trainer = Trainer(model, train_data, test_data, recipe, hooks=[MaskEnforcer(masks)], progress=progress,
-                          description=f"{'fine-tune' if method.needs_trained else 'train'} {method.name}")
+    epochs_after = _epochs_after(method, result, train_epochs)
+    if epochs_after > 0:
+        trainer = Trainer(model, train_data, test_data, recipe.model_copy(update={"epochs": epochs_after}),
+                          hooks=[MaskEnforcer(masks)], progress=progress,
+                          description=f"{'train' if method.needs_training or not method.needs_trained else 'fine-tune'}"
+                                      f" {method.name}")
         finetune_seconds = trainer.fit().seconds
     acc_after, shift_after = _accuracies(model, test_data, shift, data_dir, seed)
     after = cost(model, info.input_shape)
@@ -163,7 +169,22 @@ def prune_model(
     }
     if shift != "none":
         metrics["shift_acc_before"], metrics["shift_acc_after"] = shift_before, shift_after
+        metrics["relative_robustness_before"] = _relative(shift_before["mean"], acc_before)
+        metrics["relative_robustness_after"] = _relative(shift_after["mean"], acc_after)
     return model, masks, metrics
+
+
+def _epochs_after(method: methods.PruningMethod, result: methods.PruningResult, train_epochs: int) -> int:
+    """Epochs of (fine-)tuning after surgery: the method's own choice, else none for methods that train while they
+    prune (the recipe's epochs were theirs), else ``train_epochs``."""
+    if result.train_after is not None:
+        return result.train_after
+    return 0 if method.needs_training else train_epochs
+
+
+def _relative(shifted: float, clean: float) -> float:
+    """Relative robustness: mean corrupted accuracy over clean accuracy (0 when the clean accuracy is 0)."""
+    return shifted / clean if clean > 0 else 0.0
 
 
 def prune_job(

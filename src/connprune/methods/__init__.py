@@ -38,12 +38,15 @@ def create(name: str, **params: Any) -> PruningMethod:
     return get(name)(**params)
 
 
+# Each module registers its method(s) on import; this order is the order `connprune methods` lists them in.
+BUILTIN = ["random", "magnitude", "l1_filter", "snip", "mint", "snacs", "gcnet", "kfac", "network_slimming",
+           "n2nskip", "layer_sparsity", "l1_regularised"]
+
+
 def _load_builtin() -> None:
-    # Each module registers its method on import; this order is the order `connprune methods` lists them in.
-    from connprune.methods import random  # noqa: F401
-    from connprune.methods import magnitude  # noqa: F401
-    from connprune.methods import l1_filter  # noqa: F401
-    from connprune.methods import snip  # noqa: F401
+    from connprune.utils.plugins import import_builtin
+
+    import_builtin("connprune.methods", BUILTIN)
 
 
 __all__ = ["Kind", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity", "create", "get",

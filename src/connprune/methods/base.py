@@ -80,6 +80,9 @@ class PruningResult:
     """Connections to add (N2NSkip); each a JSON-serialisable description used by ``surgery.skips``."""
     model: nn.Module | None = None
     """For methods that train while they prune: the trained model the result applies to."""
+    train_after: int | None = None
+    """Epochs to train after surgery with the masks enforced (``None``: the caller's fine-tune/training epochs;
+    methods that train while they prune set 0, or their refit epochs)."""
     info: dict[str, Any] = field(default_factory=dict)
     """Extra numbers for ``metrics.json`` (stage timings, per-layer limits, chosen ratios, ...)."""
 
@@ -97,7 +100,8 @@ class PruningMethod(ABC):
     needs_data: ClassVar[bool] = False
     """Needs training data (activations, gradients)."""
     needs_training: ClassVar[bool] = False
-    """Trains while it prunes (takes ``PruneData.recipe``)."""
+    """Trains while it prunes: takes ``PruneData.recipe`` (its ``epochs`` are the whole training budget) and
+    returns the trained model in ``PruningResult.model``."""
     supports_auto: ClassVar[bool] = False
     """Accepts ``sparsity="auto"`` and chooses its own budget."""
 

@@ -1,10 +1,13 @@
-"""Apply a pruning result to a model: masks, physical shrinking, (later) merging and skips.
+"""Apply a pruning result to a model: masks, physical shrinking, merging and skips.
 
 >>> model, masks = surgery.apply(model, result, shrink=True)      # doctest: +SKIP
 
 With ``shrink=True`` removed units and units the masks leave dead are cut out physically through torch-pruning, so
 the model really gets smaller and faster; the masks that remain (unstructured zeros inside kept units) are returned
 re-indexed for the smaller model. With ``shrink=False`` removals are expressed as masks instead (the "masked model").
+Merges (``result.merge``) and skips (``result.skips``) are structural edits (:mod:`connprune.surgery.edits`), done
+after shrinking and recorded on the model so that checkpoints rebuild them. A model that gets skip branches keeps
+its full width (its sparsity stays unstructured): the skip plan is made for the unshrunk layers.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import nn
 
 from connprune.graph import build
 from connprune.methods.base import PruningResult
+from connprune.surgery import edits
 from connprune.surgery.masks import MaskEnforcer, apply_masks, check_masks
 from connprune.surgery.shrink import shrink as shrink_model
 
@@ -60,13 +64,19 @@ def apply(model: nn.Module, result: PruningResult, shrink: bool = True,
     masks = dict(result.masks)
     check_masks(model, masks)
     apply_masks(model, masks)
-    if shrink:
-        return shrink_model(model, masks, input_shape, remove=result.remove)
-    if result.remove:
+    if shrink and not result.skips:
+        model, masks = shrink_model(model, masks, input_shape, remove=result.remove)
+    elif result.remove:
         for name, mask in removal_masks(model, result.remove, input_shape).items():
             masks[name] = masks[name] & mask if name in masks else mask
+        apply_masks(model, masks)
+    for run in result.merge:
+        masks = edits.perform(model, {"op": "merge", "layers": list(run)}, masks)
+    for skip in result.skips:
+        masks = edits.perform(model, {"op": "skip", **skip}, masks)
+    if result.merge or result.skips:
         apply_masks(model, masks)
     return model, masks
 
 
-__all__ = ["MaskEnforcer", "apply", "apply_masks", "input_shape_of", "removal_masks"]
+__all__ = ["MaskEnforcer", "apply", "edits", "apply_masks", "input_shape_of", "removal_masks"]
