@@ -102,6 +102,8 @@ class ModelGraph:
     """Group root → private details (consumer slices, depthwise members)."""
     widths: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     """Layer → (in, out) width when the graph was built, to tell a stale graph."""
+    fingerprint: tuple = field(default=(), repr=False)
+    """Every module's name, identity and width when the graph was built (see :func:`build`'s cache)."""
     _by_producer: dict[str, ChannelGroup] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -230,11 +232,39 @@ def _is_out(dg: tp.DependencyGraph, handler: object) -> bool:
     return dg.is_out_channel_pruning_fn(handler)
 
 
+def _fingerprint(model: nn.Module) -> tuple:
+    """Names, identities and widths of every module: equal fingerprints mean the same structure.
+
+    Identities are safe to compare while the graph that recorded them is alive: it holds the modules, so their ids
+    cannot be reused by new objects.
+    """
+    return tuple((name, id(m), _width(m) if isinstance(m, PRUNABLE) else None) for name, m in model.named_modules())
+
+
+_last_built: ModelGraph | None = None
+"""The most recent graph: a method and the surgery that follows it trace the same model once, not twice."""
+
+
 def build(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
-    """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and return its :class:`ModelGraph`."""
+    """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and return its :class:`ModelGraph`.
+
+    The last graph built is reused while the model keeps its structure (same modules, same widths; weights may
+    change), so a method's trace is not repeated by the surgery that applies its result.
+    """
+    global _last_built
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 3:
         raise UserError(f"input_shape must be (channels, height, width), got {input_shape!r}")
+    last = _last_built
+    if last is not None and last.model is model and last.input_shape == input_shape \
+            and last.fingerprint == _fingerprint(model):
+        return last
+    _last_built = None  # release the previous model before tracing a new one
+    _last_built = _trace(model, input_shape)
+    return _last_built
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
     check_supported(model)
     example = _example_input(model, input_shape)
     layers = _forward_order(model, example)
@@ -316,7 +346,7 @@ def build(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
     return ModelGraph(model=model, input_shape=input_shape, dg=dg, layers=layer_set, groups=groups, pairs=pairs,
                       output_layers=tuple(sorted(outputs, key=position.__getitem__)),
                       input_layers=tuple(sorted(inputs, key=position.__getitem__)), details=details,
-                      widths={name: _width(modules[name]) for name in layer_set})
+                      widths={name: _width(modules[name]) for name in layer_set}, fingerprint=_fingerprint(model))
 
 
 def _reads_untraced(node: tp.Node) -> bool:
