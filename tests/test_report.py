@@ -104,6 +104,7 @@ def test_report_tables_equal_the_store(experiment):
         assert line["acc pruned"] == expected([r["acc_pruned"] for r in runs])
         assert line["achieved sparsity"] == expected([r["achieved_sparsity"] for r in runs])
         assert line["shifted acc (mean)"] == expected([r["shift_acc_after"] for r in runs])
+        assert line["relative robustness"] == expected([r["shift_acc_after"] / r["acc_after"] for r in runs])
         assert line["prune s"] == expected([r["prune_seconds"] for r in runs], 2)
         assert line["MACs after"] == f"{runs[0]['macs_after']:,}"
         assert line["paper acc"] == ("0.8125" if (line["method"], line["target sparsity"]) == ("magnitude", "0.9")

@@ -186,7 +186,7 @@ class _Section:
         if self.has_paper:
             columns.append("paper acc")
         if self.has_shift:
-            columns.append("shifted acc (mean)")
+            columns += ["shifted acc (mean)", "relative robustness"]
         columns += ["prune s", "fine-tune s", "seeds"]
         rows = []
         for label, sparsity, runs in self.groups(model):
@@ -197,7 +197,9 @@ class _Section:
                 paper = paper_accuracy(self.config, model, label, _sparsity_value(sparsity))  # type: ignore[arg-type]
                 row.append(f"{paper:.4f}" if paper is not None else MISSING)
             if self.has_shift:
-                row.append(fmt([r["shift_acc_after"] for r in runs]))
+                row += [fmt([r["shift_acc_after"] for r in runs]),
+                        fmt([r["shift_acc_after"] / r["acc_after"] for r in runs if r["shift_acc_after"] is not None
+                             and r["acc_after"]])]
             row += [fmt([r["prune_seconds"] for r in runs], 2), fmt([r["finetune_seconds"] for r in runs], 2),
                     len(runs)]
             rows.append(row)
