@@ -47,6 +47,8 @@ def test_train_then_eval_with_shift(monkeypatch, capsys, tmp_path):
     result = json.loads(out)
     assert code == 0 and result["accuracy"] == pytest.approx(trained["accuracy"])
     assert set(result["shift"]) == {"gaussian_noise:3", "rotation:5", "mean"} and result["samples"] == 450
+    assert result["mca"] == pytest.approx(result["shift"]["mean"])
+    assert result["relative_robustness"] == pytest.approx(result["mca"] / result["accuracy"])
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 
 from connprune.data import corruptions
 from connprune.data.corruptions import CORRUPTIONS, corrupt, names
-from connprune.data.shift import ShiftItem, parse_shift, shifted_images, summarise
+from connprune.data.shift import ShiftItem, mean_corrupted, parse_shift, robustness, shifted_images, summarise
 from connprune.errors import UserError
 
 REQUIRED = ["gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "defocus_blur", "motion_blur",
@@ -293,6 +293,13 @@ def test_shifted_images_and_summarise() -> None:
     assert summarise({"a:1": 0.5, "b:1": 1.0}) == {"a:1": 0.5, "b:1": 1.0, "mean": 0.75}
     assert summarise({"a:1": 0.5, "mean": 0.0}) == {"a:1": 0.5, "mean": 0.5}
     assert summarise({}) == {}
+
+
+def test_mca_leaves_natural_shift_sets_out() -> None:
+    accuracies = {"fog:1": 0.6, "fog:5": 0.2, "cifar10-neg": 0.9, "mean": 0.5666}
+    assert mean_corrupted(accuracies) == pytest.approx(0.4)
+    assert robustness(accuracies, clean=0.8) == pytest.approx({"mca": 0.4, "relative_robustness": 0.5})
+    assert mean_corrupted({"cifar10-neg": 0.9}) is None and robustness({"cifar10-neg": 0.9}, 0.8) == {}
 
 
 def test_mean_accuracy_of_a_trained_classifier_falls_with_severity() -> None:

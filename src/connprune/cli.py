@@ -133,6 +133,7 @@ def eval_cmd(
 ) -> None:
     """Accuracy of a checkpoint, clean and under distribution shift (and its cost with --cost)."""
     from connprune.checkpoint import load_checkpoint
+    from connprune.data.shift import robustness
     from connprune.train import evaluate, evaluate_shift
 
     loaded = load_checkpoint(checkpoint)
@@ -144,7 +145,9 @@ def eval_cmd(
     shifted = evaluate_shift(loaded.model, test_data, shift, data_dir=data_dir, seed=seed)
     if shifted:
         result["shift"] = shifted
+        result.update(robustness(shifted, result["accuracy"]))
     rows = [["clean", result["accuracy"]]] + [[k, v] for k, v in shifted.items()]
+    rows += [[k, result[k]] for k in ("mca", "relative_robustness") if k in result]
     if with_cost:
         from connprune.measure import cost
         from connprune.measure.latency import latency

@@ -113,4 +113,20 @@ def summarise(accuracies: dict[str, float]) -> dict[str, float]:
     return {**values, "mean": sum(values.values()) / len(values)}
 
 
-__all__ = ["DEFAULT_SEVERITY", "SHIFT_DATASETS", "ShiftItem", "parse_shift", "shifted_images", "summarise"]
+def mean_corrupted(accuracies: dict[str, float]) -> float | None:
+    """mCA: the mean accuracy over the synthetic corruptions (``"name:severity"`` keys), leaving out natural-shift
+    data sets such as CIFAR-10-Neg; ``None`` when no corruption was evaluated."""
+    values = [float(v) for k, v in accuracies.items() if ":" in k]
+    return sum(values) / len(values) if values else None
+
+
+def robustness(accuracies: dict[str, float], clean: float) -> dict[str, float]:
+    """``{"mca": ..., "relative_robustness": mCA / clean}`` (empty when no corruption was evaluated)."""
+    mca = mean_corrupted(accuracies)
+    if mca is None:
+        return {}
+    return {"mca": mca, "relative_robustness": mca / clean if clean > 0 else 0.0}
+
+
+__all__ = ["DEFAULT_SEVERITY", "SHIFT_DATASETS", "ShiftItem", "mean_corrupted", "parse_shift", "robustness",
+           "shifted_images", "summarise"]

@@ -13,6 +13,7 @@ from torch import nn
 
 from connprune import checkpoint, data, methods, models, surgery
 from connprune.data import DatasetInfo, ImageData
+from connprune.data.shift import robustness
 from connprune.errors import UserError
 from connprune.measure import cost
 from connprune.measure.sparsity import count_prunable
@@ -128,7 +129,8 @@ def prune_model(
     prune at initialisation). ``recipe_overrides`` change the data set's default recipe (as for the dense model).
     Methods that train while they prune (``needs_training``) get a recipe of ``train_epochs`` epochs and train
     themselves; after surgery they train ``result.train_after`` epochs (e.g. a refit). With a shift, the mean
-    corrupted accuracy over clean accuracy is reported as ``relative_robustness_before/after``.
+    corrupted accuracy (over the synthetic corruptions) is reported as ``mca_before/after`` and its ratio to the
+    clean accuracy as ``relative_robustness_before/after``.
     Returns the pruned model, its masks, and the contract's ``metrics.json`` fields."""
     sparsity = method.check_sparsity(sparsity)
     info = train_data.info
@@ -169,8 +171,8 @@ def prune_model(
     }
     if shift != "none":
         metrics["shift_acc_before"], metrics["shift_acc_after"] = shift_before, shift_after
-        metrics["relative_robustness_before"] = _relative(shift_before["mean"], acc_before)
-        metrics["relative_robustness_after"] = _relative(shift_after["mean"], acc_after)
+        for when, shifted, clean in (("before", shift_before, acc_before), ("after", shift_after, acc_after)):
+            metrics.update({f"{k}_{when}": v for k, v in robustness(shifted, clean).items()})
     return model, masks, metrics
 
 
@@ -180,11 +182,6 @@ def _epochs_after(method: methods.PruningMethod, result: methods.PruningResult, 
     if result.train_after is not None:
         return result.train_after
     return 0 if method.needs_training else train_epochs
-
-
-def _relative(shifted: float, clean: float) -> float:
-    """Relative robustness: mean corrupted accuracy over clean accuracy (0 when the clean accuracy is 0)."""
-    return shifted / clean if clean > 0 else 0.0
 
 
 def prune_job(
