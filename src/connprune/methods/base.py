@@ -117,6 +117,14 @@ class PruningMethod(ABC):
     def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
         """Decide what to prune in ``model`` to reach ``sparsity``; does not modify ``model``'s weights."""
 
+    def training_inputs(self, data: PruneData) -> tuple[ImageData, TrainConfig]:
+        """The training data and recipe of a method that trains while it prunes (a UserError naming the fix when
+        either is missing)."""
+        if data.train is None or data.recipe is None:
+            raise UserError(f"method {self.name!r} trains while it prunes: it needs training data and a recipe; run "
+                            f"connprune prune --method {self.name} --model NAME --data NAME --epochs N")
+        return data.train, data.recipe
+
     def check_sparsity(self, sparsity: Sparsity) -> Sparsity:
         """Validate a requested sparsity: a number in [0, 1), or ``"auto"`` for methods that choose their own."""
         if sparsity == "auto":
