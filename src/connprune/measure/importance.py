@@ -31,7 +31,7 @@ def random_scores(weights: Mapping[str, torch.Tensor], seed: int) -> dict[str, t
     return {name: torch.rand(w.shape, generator=generator) for name, w in weights.items()}
 
 
-def _keep_mask(flat_scores: torch.Tensor, keep: int) -> torch.Tensor:
+def keep_mask(flat_scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Exactly ``keep`` True entries at the largest scores; ties at the threshold go to the earliest positions."""
     scores = flat_scores.float().cpu()
     n = scores.numel()
@@ -49,10 +49,10 @@ def _keep_mask(flat_scores: torch.Tensor, keep: int) -> torch.Tensor:
 def keep_top(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = "global") -> dict[str, torch.Tensor]:
     """Boolean keep-masks removing exactly ``round(sparsity · n)`` weights, globally or in every layer."""
     if scope == "layer":
-        return {name: _keep_mask(s.reshape(-1), s.numel() - round(sparsity * s.numel())).view(s.shape)
+        return {name: keep_mask(s.reshape(-1), s.numel() - round(sparsity * s.numel())).view(s.shape)
                 for name, s in scores.items()}
     flat = torch.cat([s.reshape(-1).float().cpu() for s in scores.values()])
-    mask = _keep_mask(flat, flat.numel() - round(sparsity * flat.numel()))
+    mask = keep_mask(flat, flat.numel() - round(sparsity * flat.numel()))
     masks, offset = {}, 0
     for name, s in scores.items():
         masks[name] = mask[offset : offset + s.numel()].view(s.shape)

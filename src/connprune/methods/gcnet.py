@@ -1,0 +1,248 @@
+"""GC-Net, Ghost-Connect Net (Wisell & Yasaei Sekeh, "Ghost-Connect Net: A Generalization-Enhanced Guidance For
+Sparse Deep Networks Under Distribution Shifts", arXiv 2411.09199, 2024; Neural Processing Letters 57(5), 2025).
+
+Spec: ``shared/specs/gcnet.md``. The full paper was not available; what is confirmed (from the abstracts) is the
+scheme: build a companion "ghost" network whose weights are connectivity measurements between the units of
+consecutive layers, magnitude-prune the ghost, map the pruned ghost locations back to connections of the original
+network, and hybridise — direct magnitude pruning in the early layers, GC-Net guidance in the later ones. Everything
+else is **reconstructed** (gcnet.md §2–§4) and exposed as a parameter:
+
+1. Connectivity ``G^l[j, i]`` (gcnet.md §2): :mod:`connprune.measure.connectivity` — per-class |Pearson| averaged
+   over classes (``measure="pearson"``, default) or an EDGE mutual-information variant (``measure="mi"``), at the
+   post-activation site (``site="post"``) or the module outputs (``site="module"``), on ``probe_per_class``
+   training samples per class, std guard ``std_guard``.
+2. Ghost pruning (gcnet.md §2 "Pruning the ghost network", §3 step 6): per ghost layer keep the
+   ``numel(G) − round(s · numel(G))`` largest entries (``ghost_scope="layer"``), ties kept at the earliest index;
+   or one threshold over all ghost layers (``ghost_scope="global"``), cut where the weights the pruned entries stand
+   for reach ``round(s · Σ weights)``.
+3. Mapping (gcnet.md §2 "Mapping back"): conv child ``M[j, i, :, :] = Γ[j, i]``; linear child reading a flatten
+   ``M[j, i·HW:(i+1)·HW] = Γ[j, i]``; linear child ``M[j, i] = Γ[j, i]``.
+4. Hybrid (gcnet.md §2 "Hybrid"): the first ``b`` prunable layers (forward order) get element-wise magnitude masks at
+   sparsity ``s``; later layers with a ghost parent get ghost masks; layers without one (projection shortcuts unless
+   ``include_shortcuts``, depthwise convs, the classifier if ``include_classifier=False``) get magnitude masks.
+   ``hybrid_split``: an integer ``b`` with ``1 ≤ b ≤ L``, or a fraction in (0, 1) of the depth
+   (``b = max(1, round(fraction · L))``). ``b = L`` is layer-wise magnitude pruning bit for bit.
+5. Exact total (``match_total=True``): a ghost layer can only prune whole kernel slices / column blocks, so its
+   weight sparsity is ``s`` up to half a block; the direct-magnitude layers absorb the difference (by layer size,
+   largest remainders first) so the total matches layer-wise magnitude pruning at ``s``.
+6. Structured extension (gcnet.md §3 step 10, ours): the masks are returned as they are; ``surgery.apply`` with
+   ``shrink=True`` removes units left with no live inputs (constant outputs, folded into the next layer's bias) or
+   no live outputs, exactly (:mod:`connprune.surgery.shrink`). ``info`` reports how many such units the ghost masks
+   made.
+
+Fine-tuning with the masks enforced is the caller's (``connprune prune --finetune-epochs``), as for every method
+that prunes a trained model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from connprune.errors import UserError
+from connprune.graph import build
+from connprune.measure import importance
+from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, network_connectivity
+from connprune.measure.sparsity import prunable_weights
+from connprune.methods import register
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+
+
+class GCNetParams(MethodParams):
+    hybrid_split: float = 0.33
+    """``b``: the first ``b`` prunable layers are pruned directly by magnitude. An integer ≥ 1 is a count
+    (1 = GC-Net wherever a ghost parent exists; L = pure magnitude), a value in (0, 1) a fraction of the depth."""
+    measure: Literal["pearson", "mi"] = "pearson"
+    """Connectivity measure (reconstructed): per-class |Pearson| (lab code) or EDGE MI as a Linfoot coefficient."""
+    site: Literal["post", "module"] = "post"
+    """Activation site (reconstructed): what the next layer reads (after BN/ReLU/pooling) or the module outputs."""
+    probe_per_class: int = Field(100, ge=2)
+    """Probe samples per class drawn from the training data (gcnet.md §4: 100; at least 30 advised)."""
+    std_guard: float = Field(STD_GUARD, ge=0.0)
+    """A unit with a per-class standard deviation below this counts as constant (connectivity 0)."""
+    ghost_scope: Literal["layer", "global"] = "layer"
+    """Magnitude pruning of the ghost network per layer (default) or with one threshold over all ghost layers."""
+    include_classifier: bool = True
+    """The classifier is the child of the last pair (gcnet.md §4); False prunes it by magnitude."""
+    include_shortcuts: bool = False
+    """Give 1×1 projection shortcuts a ghost parent (gcnet.md §3 step 5 prunes them by magnitude)."""
+    match_total: bool = True
+    """Direct layers absorb the ghost layers' rounding so the total sparsity equals layer-wise magnitude's."""
+    batch_size: int = Field(256, ge=1)
+    """Probe batch size."""
+
+
+def resolve_split(hybrid_split: float, depth: int) -> int:
+    """``b`` from a count (integer ≥ 1) or a fraction in (0, 1) of ``depth`` prunable layers; UserError otherwise."""
+    value = float(hybrid_split)
+    if 0.0 < value < 1.0:
+        return min(depth, max(1, round(value * depth)))
+    if value.is_integer() and 1 <= value <= depth:
+        return int(value)
+    raise UserError(f"hybrid_split={hybrid_split!r} is neither a layer count in [1, {depth}] (this model has "
+                    f"{depth} prunable layers; {depth} = pure magnitude pruning) nor a fraction in (0, 1) of the "
+                    "depth; pass e.g. --param hybrid_split=0.33 or --param hybrid_split=2")
+
+
+def ghost_keep(ghost: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Layer-wise ghost mask Γ: keep the ``numel − round(s·numel)`` largest entries, ties to the earliest index."""
+    n = ghost.numel()
+    return importance.keep_mask(ghost.reshape(-1), n - round(sparsity * n)).view(ghost.shape)
+
+
+def ghost_keep_global(ghosts: dict[str, torch.Tensor], block: dict[str, int],
+                      sparsity: float) -> dict[str, torch.Tensor]:
+    """One threshold over all ghost layers: prune the smallest entries (stable: value, then layer order and index)
+    until the weights they stand for (``block`` weights each) reach ``round(s · Σ weights)``."""
+    names = list(ghosts)
+    values = torch.cat([ghosts[n].reshape(-1).to(torch.float64) for n in names])
+    sizes = torch.cat([torch.full((ghosts[n].numel(),), block[n], dtype=torch.int64) for n in names])
+    target = round(sparsity * int(sizes.sum()))
+    order = torch.sort(values, stable=True).indices  # ascending, position breaks ties
+    cumulative = torch.cumsum(sizes[order], 0)
+    # the shortest prefix that reaches the target, or the prefix that stays closest to it
+    reach = int(torch.searchsorted(cumulative, torch.tensor(target, dtype=torch.int64)))
+    count = reach
+    if reach < len(order):
+        under = int(cumulative[reach - 1]) if reach > 0 else 0
+        over = int(cumulative[reach])
+        count = reach + 1 if over - target <= target - under else reach
+    keep = torch.ones(values.numel(), dtype=torch.bool)
+    keep[order[:count]] = False
+    masks, offset = {}, 0
+    for n in names:
+        masks[n] = keep[offset : offset + ghosts[n].numel()].view(ghosts[n].shape)
+        offset += ghosts[n].numel()
+    return masks
+
+
+def map_to_weights(ghost_mask: torch.Tensor, weight: torch.Tensor, features_per_channel: int) -> torch.Tensor:
+    """Weight keep-mask of a child from its ghost mask Γ (units, channels) (gcnet.md §2 "Mapping back")."""
+    if weight.dim() == 4:
+        return ghost_mask[:, :, None, None].expand(weight.shape).clone()
+    if weight.dim() == 2:
+        return ghost_mask.repeat_interleave(features_per_channel, dim=1)
+    raise UserError(f"GC-Net maps ghost masks onto conv (4-D) and linear (2-D) weights, got shape "
+                    f"{tuple(weight.shape)}")
+
+
+def _distribute(extra: int, capacity: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Split ``extra`` (signed) weights over layers ``name → (pruned, size)`` by size, largest remainders first,
+    keeping each layer's pruned count within [0, size]."""
+    adjust = {name: 0 for name in capacity}
+    remaining = extra
+    for _ in range(len(capacity) + 1):
+        if remaining == 0:
+            break
+        room = {name: (size - pruned - adjust[name]) if remaining > 0 else (pruned + adjust[name])
+                for name, (pruned, size) in capacity.items()}
+        open_layers = {name: r for name, r in room.items() if r > 0}
+        if not open_layers:
+            break
+        total = sum(capacity[n][1] for n in open_layers)
+        shares = {n: abs(remaining) * capacity[n][1] / total for n in open_layers}
+        whole = {n: min(open_layers[n], math.floor(shares[n])) for n in open_layers}
+        left = abs(remaining) - sum(whole.values())
+        for n in sorted(open_layers, key=lambda n: (-(shares[n] - math.floor(shares[n])), n)):
+            if left == 0:
+                break
+            if whole[n] < open_layers[n]:
+                whole[n] += 1
+                left -= 1
+        sign = 1 if remaining > 0 else -1
+        for n, v in whole.items():
+            adjust[n] += sign * v
+        remaining = sign * left
+    return adjust
+
+
+@register
+class GCNet(PruningMethod):
+    name = "gcnet"
+    kind = Kind.UNSTRUCTURED
+    paper = ("Wisell & Yasaei Sekeh, Ghost-Connect Net: A Generalization-Enhanced Guidance For Sparse Deep Networks "
+             "Under Distribution Shifts, arXiv 2411.09199, 2024 (measure reconstructed, see gcnet.md)")
+    summary = ("magnitude-prune a ghost network of per-class |Pearson| connectivities between consecutive layers, "
+               "map it back to kernel slices; direct magnitude on the first b layers")
+    Params = GCNetParams
+    needs_data = True
+
+    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
+        sparsity = self.check_sparsity(sparsity)
+        p = self.params
+        if data.train is None:
+            raise UserError("gcnet needs training data for its probe set (connectivity between layers); pass "
+                            "--data NAME (or a checkpoint that records its data set)")
+        started = time.perf_counter()
+        graph = build(model, data.train.info.input_shape)
+        weights = prunable_weights(model)
+        order = [f"{layer}.weight" for layer in graph.layers if f"{layer}.weight" in weights]
+        depth = len(order)
+        split = resolve_split(p.hybrid_split, depth)
+        direct_part = set(order[:split])
+        candidates = ghost_layers(graph, include_shortcuts=p.include_shortcuts,
+                                  include_classifier=p.include_classifier)
+        guided: list[GhostLayer] = [g for g in candidates if f"{g.child}.weight" not in direct_part
+                                    and f"{g.child}.weight" in weights]
+        ghosts: dict[str, torch.Tensor] = {}
+        measured_seconds = 0.0
+        if guided and sparsity > 0:
+            connectivity = network_connectivity(
+                model, data.train, graph, layers=guided, per_class=p.probe_per_class, site=p.site, measure=p.measure,
+                std_guard=p.std_guard, batch_size=p.batch_size, seed=p.seed, device=data.device)
+            ghosts = connectivity.ghosts
+            measured_seconds = connectivity.seconds
+        masks: dict[str, torch.Tensor] = {}
+        modes: dict[str, str] = {}
+        block = {g.child: weights[f"{g.child}.weight"][0, 0].numel() * g.features_per_channel
+                 if weights[f"{g.child}.weight"].dim() == 4 else g.features_per_channel for g in guided}
+        if ghosts:
+            if p.ghost_scope == "layer":
+                ghost_masks = {name: ghost_keep(g, sparsity) for name, g in ghosts.items()}
+            else:
+                ghost_masks = ghost_keep_global(ghosts, block, sparsity)
+            for g in guided:
+                key = f"{g.child}.weight"
+                masks[key] = map_to_weights(ghost_masks[g.child], weights[key].detach(), g.features_per_channel)
+                modes[key] = "gcnet"
+        direct = [key for key in order if key not in masks]
+        for key in direct:
+            modes[key] = "magnitude"
+        pruned = {key: round(sparsity * weights[key].numel()) for key in direct}
+        ghost_residual = 0
+        if masks:
+            if p.ghost_scope == "layer":
+                wanted = sum(round(sparsity * weights[k].numel()) for k in masks)
+            else:
+                wanted = round(sparsity * sum(weights[k].numel() for k in masks))
+            ghost_residual = wanted - sum(int((~m).sum()) for m in masks.values())
+            if p.match_total and ghost_residual:
+                adjust = _distribute(ghost_residual, {k: (pruned[k], weights[k].numel()) for k in direct})
+                pruned = {k: pruned[k] + adjust[k] for k in direct}
+        scores = importance.magnitude({key: weights[key] for key in direct})
+        for key in direct:
+            n = weights[key].numel()
+            masks[key] = importance.keep_mask(scores[key].reshape(-1), n - pruned[key]).view(weights[key].shape)
+        masks = {key: masks[key].to(weights[key].device) for key in weights if key in masks}
+        for key in weights:  # modules outside the traced graph (never called) keep everything
+            masks.setdefault(key, torch.ones_like(weights[key], dtype=torch.bool))
+        info = {
+            "gcnet_split": split, "gcnet_depth": depth, "gcnet_ghost_layers": [g.child for g in guided],
+            "gcnet_layer_modes": modes,
+            "gcnet_layer_sparsity": {k: 1.0 - float(m.float().mean()) for k, m in masks.items()},
+            "gcnet_ghost_residual_weights": int(ghost_residual),
+            "gcnet_units_without_inputs": {g.child: int((~ghost_masks[g.child]).all(dim=1).sum())
+                                           for g in guided} if ghosts else {},
+            "gcnet_channels_unread": {g.child: int((~ghost_masks[g.child]).all(dim=0).sum())
+                                      for g in guided} if ghosts else {},
+            "gcnet_connectivity_seconds": measured_seconds,
+            "gcnet_seconds": time.perf_counter() - started,
+        }
+        if ghosts:
+            info["gcnet_connectivity_mean"] = {name: float(g.mean()) for name, g in ghosts.items()}
+        return PruningResult(masks=masks, info=info)
