@@ -23,7 +23,12 @@ SPARSITIES = (0.5, 0.8, 0.9)
 FINETUNE_EPOCHS = 5
 SETTINGS: dict[str, dict[str, Any]] = {
     # Methods the default (LeNet-5 at SPARSITIES) does not suit: the model they prune, the sparsities they get,
-    # and parameters that keep them within the demo's time.
+    # parameters, and training epochs (for methods that train) that keep them within the demo's time.
+    "kfac": {"model": "mlp", "sparsities": (0.5, 0.9)},
+    "network-slimming": {"model": "resnet20", "sparsities": (0.5,), "epochs": 2},  # needs BatchNorm
+    "layer-sparsity": {"model": "mlp", "sparsities": ("auto",), "params": {"lambda": 1.0}},
+    "l1-reg": {"model": "mlp", "sparsities": ("auto",), "params": {"lambda": 0.003}},
+    "group-l1": {"model": "mlp", "sparsities": ("auto",), "params": {"lambda": 0.1}},
 }
 
 
@@ -57,7 +62,8 @@ def prune_every_method(dense: dict[str, Any], train_data: data.ImageData, test_d
             if method.needs_trained:
                 model, train_epochs = copy.deepcopy(dense[model_name]), FINETUNE_EPOCHS
             else:
-                model, train_epochs = build_model(model_name, train_data.info, seed), epochs
+                model = build_model(model_name, train_data.info, seed)
+                train_epochs = SETTINGS.get(name, {}).get("epochs", epochs)
             _, _, metrics = prune_model(model, method, sparsity, train_data, test_data, train_epochs=train_epochs,
                                         shift="all", seed=seed, progress=progress)
             rows.append({"method": name, "kind": method.kind.value, **metrics})
