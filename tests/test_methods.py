@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -129,6 +131,7 @@ def test_every_method_describes_itself():
         assert described["name"] == name and described["kind"] in {
             "unstructured", "connection", "structured", "during-training", "layer"}
         assert described["paper"] and "seed" in described["parameters"]
+        json.dumps(described)  # `connprune methods --json` prints it
 
 
 def test_kept_channels_never_silently_skips_a_narrow_group():

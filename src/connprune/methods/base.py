@@ -110,7 +110,8 @@ class PruningMethod(ABC):
             self.params = self.Params(**params)
         except ValidationError as exc:
             problems = "; ".join(_describe(error) for error in exc.errors())
-            allowed = ", ".join(f"{k}={v.default!r}" for k, v in self.Params.model_fields.items())
+            allowed = ", ".join(f"{k}={v.get_default(call_default_factory=True)!r}"
+                                for k, v in self.Params.model_fields.items())
             raise UserError(f"method {self.name!r}: {problems}; its parameters are: {allowed}") from None
 
     @abstractmethod
@@ -142,7 +143,7 @@ class PruningMethod(ABC):
         """Name, kind, paper, parameters with defaults and needs, for ``connprune methods``."""
         return {
             "name": cls.name, "kind": cls.kind.value, "paper": cls.paper, "summary": cls.summary,
-            "parameters": {k: v.default for k, v in cls.Params.model_fields.items()},
+            "parameters": {k: v.get_default(call_default_factory=True) for k, v in cls.Params.model_fields.items()},
             "needs_trained": cls.needs_trained, "needs_data": cls.needs_data, "needs_training": cls.needs_training,
             "supports_auto": cls.supports_auto,
         }
