@@ -344,3 +344,92 @@ def test_timing_edge_vs_ksg_printed():
     te, tk = best(lambda: edge_mi(x, y)), best(lambda: ksg_mi(x, y))
     print(f"\nN=20000 d=1+1: EDGE {te * 1e3:.1f} ms, KSG {tk * 1e3:.1f} ms, KSG/EDGE = {tk / te:.1f}x")
     assert te > 0 and tk > 0
+
+
+# ------------------------------------------------------------------------------------------- layer-pair matrices
+def test_edge_cmi_matrix_equals_per_cell_chain_rule_with_the_shared_projection():
+    """Each cell of the matrix is edge_cmi_batched(A_c, A_p, z_p) with z_p = S·g − S_p·g_p (EDGE spec §3.4)."""
+    rng = np.random.default_rng(0)
+    parent = torch.as_tensor(rng.standard_normal((800, 6)))
+    child = torch.as_tensor(parent.numpy() @ rng.standard_normal((6, 4)) + rng.standard_normal((800, 4)))
+    cl, pl = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1, 2, 2])
+    matrix = mi.edge_cmi_matrix(child, parent, cl, pl, seed=3, cells_per_call=2)
+    standard = mi._standardise(parent.unsqueeze(0))[0]
+    g = torch.randn(6, 1, generator=torch.Generator().manual_seed(3 + 1_000_003), dtype=torch.float64)
+    for c in range(2):
+        for p in range(3):
+            rest = pl != p
+            z = standard[:, rest] @ g[rest]
+            expected = edge_cmi_batched(child[:, cl == c][None], parent[:, pl == p][None], z[None], z_dim=None,
+                                        seed=3)[0]
+            assert float(matrix[c, p]) == pytest.approx(float(expected), abs=1e-12)
+    single = mi.edge_cmi_matrix(child, parent, cl, torch.zeros(6, dtype=torch.int64))  # nothing to condition on
+    for c in range(2):
+        assert float(single[c, 0]) == pytest.approx(edge_mi(child[:, cl == c], parent), abs=1e-12)
+
+
+def test_mst_cmi_matrix_equals_per_cell_estimates():
+    rng = np.random.default_rng(1)
+    parent = rng.standard_normal((90, 4))
+    child = parent[:, :2] + 0.1 * rng.standard_normal((90, 2))
+    matrix = mi.mst_cmi_matrix(child, parent, [0, 1], [0, 0, 1, 1], seed=2)
+    for c in range(2):
+        for p in range(2):
+            keep = np.array([0, 0, 1, 1]) == p
+            expected = mst_cmi(child[:, [c]], parent[:, keep], parent[:, ~keep], shuffle=True, seed=2)
+            assert float(matrix[c, p]) == expected
+    assert float(matrix.min()) >= 0 and float(matrix.max()) <= 1
+
+
+# ---------------------------------------------------------------------------------- runtime (§7.10, slow: CPU)
+@pytest.mark.slow
+def test_runtime_grows_about_linearly():
+    x, y = gaussian_pair(0.5, 200_000, seed=5)
+
+    def best(n: int) -> float:
+        edge_mi(x[:n], y[:n])
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            edge_mi(x[:n], y[:n])
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    assert best(200_000) / best(20_000) < 15
+
+
+@pytest.mark.slow
+def test_edge_faster_than_ksg_at_low_and_moderate_dimension():
+    """§7.10: ≥ 5× at d = 1+1 and ≥ 15× at d = 4+4, N = 20,000 (best of 3; needs an otherwise idle CPU)."""
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    x, y = gaussian_pair(0.5, 20_000, seed=6)
+    assert best(lambda: ksg_mi(x, y)) >= 5 * best(lambda: edge_mi(x, y))
+    rng = np.random.default_rng(7)
+    x4 = rng.standard_normal((20_000, 4))
+    y4 = 0.5 * x4 + rng.standard_normal((20_000, 4))
+    assert best(lambda: ksg_mi(x4, y4)) >= 15 * best(lambda: edge_mi(x4, y4))
+
+
+def test_edge_cmi_matrix_with_wide_groups_matches_per_cell_estimates():
+    """8-unit groups (p-stable projected, huge bucket ranges: dense per-group ranks) agree with the batched path."""
+    rng = np.random.default_rng(2)
+    parent = torch.as_tensor(rng.standard_normal((600, 16)))
+    child = torch.as_tensor(parent.numpy()[:, ::-1] + rng.standard_normal((600, 16)))
+    labels = torch.arange(2).repeat_interleave(8)
+    matrix = mi.edge_cmi_matrix(child, parent, labels, labels, c=0.5)
+    standard = mi._standardise(parent.unsqueeze(0))[0]
+    g = torch.randn(16, 1, generator=torch.Generator().manual_seed(1_000_003), dtype=torch.float64)
+    for c in range(2):
+        for p in range(2):
+            z = standard[:, labels != p] @ g[labels != p]
+            expected = edge_cmi_batched(child[:, labels == c][None], parent[:, labels == p][None], z[None],
+                                        z_dim=None, c=0.5)[0]
+            assert float(matrix[c, p]) == pytest.approx(float(expected), abs=1e-12)

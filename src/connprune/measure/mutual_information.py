@@ -18,6 +18,8 @@ Estimators
   2003.08472, ICPR 2020), as in ``shared/specs/mint.md`` §2: nearest-neighbour bootstrap surrogate of
   p(x,z)p(y|z), pooled Euclidean MST, Friedman–Rafsky cross-edge count R, ``Î = 1 − R/m`` clipped to [0, 1].
   Cross edges are counted from the true MST edge list (mint.md §8 notes the reference's edge loop differs).
+* :func:`edge_cmi_matrix` / :func:`mst_cmi_matrix` — the ``G_child × G_parent`` matrix
+  ``ρ_{c,p} = I(A_c; A_p | A_{−p})`` of a layer pair (mint.md §2, snacs.md §2), every cell at once.
 * :func:`conditional_mi` — dispatch by option name: ``"edge"`` (fast), ``"mst"`` (MINT reference), ``"ksg"``.
 * :func:`gaussian_mi`, :func:`gaussian_cmi_linear` — closed forms used by the tests.
 
@@ -48,6 +50,7 @@ __all__ = [
     "edge_base_batched",
     "edge_cmi",
     "edge_cmi_batched",
+    "edge_cmi_matrix",
     "edge_mi",
     "edge_mi_batched",
     "ensemble_weights",
@@ -56,6 +59,7 @@ __all__ = [
     "ksg_cmi",
     "ksg_mi",
     "mst_cmi",
+    "mst_cmi_matrix",
 ]
 
 Tensorish = torch.Tensor | np.ndarray
@@ -471,6 +475,177 @@ def mst_cmi(
     true_joint = np.hstack([xa[s3], ya[s3], za[s3]])
     r, _ = _mst_cross_edges(np.vstack([true_joint, surrogate]), m)
     return float(1.0 - min(r, m) / m)
+
+
+# ------------------------------------------------------------------------------------------------ layer-pair matrices
+def _check_labels(labels: torch.Tensor, width: int, what: str) -> tuple[torch.Tensor, int]:
+    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+    if labels.numel() != width:
+        raise ValueError(f"{what} group labels have {labels.numel()} entries for {width} units")
+    groups = int(labels.max()) + 1 if labels.numel() else 0
+    return labels, groups
+
+
+def _group_codes(q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Per-group exact codes of integer rows ``q`` (G, N, d) → (G, N) in ``[0, K)``: mixed radix relative to each
+    group's minimum when that keeps K ≤ 4N, else dense per-group ranks in ``[0, N)`` (so that per-cell joint keys
+    stay below N² and bincounts over G·K stay small)."""
+    local = _local_codes(q)
+    if local is not None and local[1] <= 4 * q.shape[1]:
+        return local[0].view(q.shape[0], q.shape[1]), local[1]
+    ids, _ = _dense_ids(q)  # ids of group g are contiguous (the group index is the leading digit)
+    ids = ids.view(q.shape[0], q.shape[1])
+    return ids - ids.amin(dim=1, keepdim=True), q.shape[1]
+
+
+def _edge_mi_grid(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    cells_x: torch.Tensor,
+    cells_y: torch.Tensor,
+    *,
+    hash_type: HashType = "auto",
+    proj_dim: int | None = None,
+    c: float = 3.0,
+    eps: float | None = None,
+    n_estimators: int = 10,
+    range_factor: float = 0.1,
+    aggregate: Aggregate = "median",
+    seed: int = 0,
+    base: float | None = None,
+    lo: float | None = None,
+    U: float | None = None,
+    cells_per_call: int = 256,
+) -> torch.Tensor:
+    """``edge_mi_batched(xs[cells_x], ys[cells_y])`` without repeating the groups: xs (Gx, N, dx), ys (Gy, N, dy)
+    are standardised, projected and hashed once per ensemble member (same generator draws as the batched call,
+    which standardises per pair and shares projections and offsets across pairs), and each cell's plug-in estimate
+    is the per-sample form ``(1/N) Σ_s log(N_ij(s)·N / (N_i(s)·M_j(s)))`` of EDGE eq. 9 (equal to the sum over
+    dependence-graph edges up to float rounding)."""
+    n = xs.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    x = _prepare(xs, hash_type, gen, proj_dim)
+    y = _prepare(ys, hash_type, gen, proj_dim)
+    dx, dy = x.shape[-1], y.shape[-1]
+    eps0 = float(eps) if eps is not None else c * n ** (-1.0 / (2 * (dx + dy)))
+    ts = torch.linspace(1.0, 1.0 + range_factor, n_estimators, dtype=torch.float64)
+    e = (eps0 * ts).to(x.device)
+    u = torch.rand(n_estimators, dx + dy, generator=gen, dtype=torch.float64).to(x.device)
+    bx, by = u[:, :dx] * e[:, None], u[:, dx:] * e[:, None]
+    cells = len(cells_x)
+    stack = torch.empty(n_estimators, cells, dtype=torch.float64, device=x.device)
+    log_base = math.log(base) if base is not None else None
+    for member in range(n_estimators):
+        cx, kx = _group_codes(torch.floor((x + bx[member]) / e[member]).to(torch.int64))
+        cy, ky = _group_codes(torch.floor((y + by[member]) / e[member]).to(torch.int64))
+        offsets_x = (torch.arange(cx.shape[0], device=x.device) * kx)[:, None]
+        offsets_y = (torch.arange(cy.shape[0], device=x.device) * ky)[:, None]
+        count_x = torch.bincount((cx + offsets_x).reshape(-1), minlength=cx.shape[0] * kx).view(-1, kx)
+        count_y = torch.bincount((cy + offsets_y).reshape(-1), minlength=cy.shape[0] * ky).view(-1, ky)
+        n_i = torch.gather(count_x, 1, cx).to(torch.float64)  # (Gx, N): samples sharing each sample's X bucket
+        m_j = torch.gather(count_y, 1, cy).to(torch.float64)
+        for start in range(0, cells, cells_per_call):
+            gx, gy = cells_x[start : start + cells_per_call], cells_y[start : start + cells_per_call]
+            batch = len(gx)
+            joint = cx[gx] * ky + cy[gy]  # (B, N) in [0, kx·ky)
+            space = kx * ky
+            if batch * space <= _DENSE_FACTOR * batch * n + (1 << 16):
+                key = joint + (torch.arange(batch, device=x.device) * space)[:, None]
+                n_ij = torch.bincount(key.reshape(-1), minlength=batch * space)[key]
+            else:  # space ≤ (4N)², so batch·space stays far below 2**62
+                key = joint + (torch.arange(batch, device=x.device) * space)[:, None]
+                _, inverse, counts = torch.unique(key.reshape(-1), return_inverse=True, return_counts=True)
+                n_ij = counts[inverse].view(batch, n)
+            term = torch.log(n_ij.to(torch.float64) * n / (n_i[gx] * m_j[gy]))
+            if log_base is not None:
+                term = term / log_base
+            if lo is not None or U is not None:
+                term = term.clamp(min=lo, max=U)
+            stack[member, start : start + batch] = term.mean(dim=1)
+    if aggregate == "median":
+        return torch.quantile(stack, 0.5, dim=0) if n_estimators > 1 else stack[0]
+    if aggregate == "mean":
+        return stack.mean(dim=0)
+    if aggregate == "weights":
+        w = ensemble_weights(ts, dx + dy).to(stack.device)
+        return (w[:, None] * stack).sum(dim=0)
+    raise ValueError(f"aggregate must be 'median', 'mean' or 'weights'; got {aggregate!r}")
+
+
+def edge_cmi_matrix(
+    child: Tensorish,
+    parent: Tensorish,
+    child_groups: Tensorish,
+    parent_groups: Tensorish,
+    *,
+    seed: int = 0,
+    cells_per_call: int = 256,
+    **kwargs,
+) -> torch.Tensor:
+    """EDGE chain-rule CMI ``ρ_{c,p} = I(A_c; A_p | A_{−p})`` for every (child group c, parent group p).
+
+    ``child`` (N, C_child) and ``parent`` (N, C_parent) are activations of the same N samples; ``child_groups`` /
+    ``parent_groups`` give each unit's group index (0..G−1). Returns (G_child, G_parent) float64 on ``child``'s
+    device. The conditioning set ``A_{−p}`` (all parents outside group p) is standardised and projected to one
+    dimension with one seeded Gaussian vector g over *all* parent units, restricted to the units outside p:
+    ``z_p = S·g − S_p·g_p`` (S the standardised parents), computed by subtraction in O(N·C) per group instead of
+    materialising ``(P, N, C_parent)`` (EDGE spec §3.4 "shared projection", *reconstructed*). Each cell then equals
+    ``edge_cmi_batched(A_c, A_p, z_p, z_dim=None)`` up to float rounding; every group is hashed once per ensemble
+    member and only the joint counts are per cell (``cells_per_call`` cells at a time). With one parent group
+    there is nothing to condition on and ρ is the plain EDGE MI. Keywords go to :func:`edge_mi_batched`.
+    """
+    x = _as_batch(child, "child", batched=False)[0]
+    y = _as_batch(parent, "parent", batched=False)[0].to(x.device)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"child and parent need the same samples; got {x.shape[0]} and {y.shape[0]} rows")
+    cl, gc = _check_labels(child_groups, x.shape[1], "child")
+    pl, gp = _check_labels(parent_groups, y.shape[1], "parent")
+    cl, pl = cl.to(x.device), pl.to(x.device)
+    xs = [x[:, cl == c] for c in range(gc)]
+    ys = [y[:, pl == p] for p in range(gp)]
+    if len({t.shape[1] for t in xs}) != 1 or len({t.shape[1] for t in ys}) != 1:
+        raise ValueError("every group of a layer must have the same number of units")
+    x_groups, y_groups = torch.stack(xs), torch.stack(ys)
+    cells_x = torch.arange(gc, device=x.device).repeat_interleave(gp)
+    cells_y = torch.arange(gp, device=x.device).repeat(gc)
+    grid = dict(seed=seed, cells_per_call=cells_per_call, **kwargs)
+    if gp == 1:
+        return _edge_mi_grid(x_groups, y_groups, cells_x, cells_y, **grid).reshape(gc, gp)
+    standard = _standardise(y.unsqueeze(0))[0]
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    g = _gaussian_matrix(y.shape[1], 1, gen, y.device)  # (C_parent, 1)
+    total = standard @ g
+    z_groups = torch.stack([total - standard[:, pl == p] @ g[pl == p] for p in range(gp)])  # (Gp, N, 1)
+    z_groups = _standardise(z_groups)  # as edge_cmi_batched does after its projection
+    yz_groups = torch.cat([y_groups, z_groups], dim=-1)
+    joint = _edge_mi_grid(x_groups, yz_groups, cells_x, cells_y, **grid)
+    marginal = _edge_mi_grid(x_groups, z_groups, cells_x, cells_y, **grid)
+    return (joint - marginal).reshape(gc, gp)
+
+
+def mst_cmi_matrix(
+    child: Tensorish,
+    parent: Tensorish,
+    child_groups: Tensorish,
+    parent_groups: Tensorish,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> torch.Tensor:
+    """MINT's reference scores: :func:`mst_cmi` of every (child group, parent group) cell (mint.md §2, §3 step 5),
+    conditioning on all other parent units. O(N²) per cell; ``shuffle`` permutes the samples (seeded) before the
+    thirds split, so class-sorted scoring sets are mixed. Returns (G_child, G_parent) float64 on the CPU."""
+    x = _np2d(child)
+    y = _np2d(parent)
+    cl = np.asarray(_check_labels(torch.as_tensor(np.asarray(child_groups)), x.shape[1], "child")[0])
+    pl = np.asarray(_check_labels(torch.as_tensor(np.asarray(parent_groups)), y.shape[1], "parent")[0])
+    gc, gp = int(cl.max()) + 1, int(pl.max()) + 1
+    out = np.zeros((gc, gp))
+    for p in range(gp):
+        z = y[:, pl != p] if gp > 1 else None
+        for c in range(gc):
+            out[c, p] = mst_cmi(x[:, cl == c], y[:, pl == p], z, shuffle=shuffle, seed=seed)
+    return torch.from_numpy(out)
 
 
 # ------------------------------------------------------------------------------------------------------- dispatcher

@@ -1,0 +1,596 @@
+"""MINT: Mutual Information-based Neuron Trimming (Ganesh, Corso & Yasaei Sekeh, arXiv 2003.08472, ICPR 2020).
+
+Follows ``shared/specs/mint.md`` (§2 definitions, §3 algorithm). For every layer pair (parent l, child l+1) the
+filters of both layers are split into contiguous equal groups, and each (child group c, parent group p) connection
+gets the score ``ρ^l_{c,p} = I(A_c^{l+1}; A_p^l | A_{−p}^l)``, the conditional MI between the child group's and the
+parent group's activations given all other parent filters (mint.md §2). Connections of lowest score are removed by
+zeroing the kernel slices ``W^{l+1}[j, i, :, :]`` of every child filter j in c and parent filter i in p (a Linear
+child after a flatten: the ``H·W`` input block of parent channel i). Thresholds are global over all layers with a
+per-layer upper limit ``u_l`` on the pruned fraction of cells (mint.md §2 "Thresholds"). Filters left with no
+outgoing (or no incoming) connection are removed physically by :func:`connprune.surgery.apply`'s shrink (the
+dead-unit rule of :mod:`connprune.surgery.shrink`), so the saved model is smaller; residual-stream channels go only
+when every consumer of the stream agrees (mint.md §3, dependency-group rule).
+
+connprune's choices (each *reconstructed: not confirmed from the paper*, documented options):
+
+- **Pairs from the traced graph** (:mod:`connprune.graph`): one score matrix per *child layer* (one mask tensor).
+  The parent activations are measured at the child's input (forward pre-hook, spatially averaged), i.e. the values
+  the connection ``W[j, i]`` really carries: for a residual-stream child that is the sum of all coupled producers
+  after the add, for a flattened conv the mean of its ``H·W`` block. The reference measures the parent conv's
+  output before BN/ReLU instead (mint.md §2), which is ill-defined for a child with several producers.
+  Child activations are the child module's output (spatial mean), as in the reference.
+- **First layer** (``prune_input_layer``): the network input can be treated as the parent of the first layer, so
+  an MLP's first (and largest) weight matrix can be pruned, pixels being its parent units. ``"auto"`` (default)
+  does this for a linear first layer only: a conv's parents would be its 1–3 colour channels, so each pruned cell
+  would silence a filter's whole input (with CIFAR images this wrecked accuracy). The paper prunes only hidden
+  pairs (MNIST-MLP: "only layer 2").
+- **Budget**: ``sparsity`` is connprune's fraction of prunable weights. Cells are taken in ascending global score
+  order, a layer stopping at ``round(u_l · cells)``, until the masks zero at least ``round(sparsity · weights)``
+  weights — the same cells MINT's global-quantile rule takes, with the quantile chosen to meet the budget; the
+  overshoot is less than one cell. If the limits make the budget unreachable, every limit is raised by the same
+  amount (``relax_limits``; recorded in ``info["limits_relaxed_by"]``) or a UserError says so.
+- **π** (``sparsity="auto"``): MINT's own rule, ``δ = U[round(π·|U|)]`` over the pooled unique scores, each layer
+  switching to its local limit when δ would prune more than ``u_l`` (here: its ``round(u_l·cells)`` lowest cells).
+  ``prune_level`` fixes π; ``pi_grid`` sweeps it (mint.md §3 step 8): each π is fine-tuned ``sweep_epochs`` on a
+  held-out split of the training data and the most compressed one within ``max_accuracy_drop`` of the dense
+  validation accuracy is kept (a validation pick, not the reference's best-test-epoch pick, mint.md §8).
+- **Estimator**: ``"edge"`` (default: the hash-based chain-rule CMI of :func:`~connprune.measure.mutual_information.
+  edge_cmi_matrix`, fast) or ``"mst"`` (MINT's reference MST estimator, O(N²) per cell: small networks only).
+- **Groups**: ``groups=G`` gives each layer the largest divisor of its width that is ≤ G (``"auto"``: G = 64, so
+  single filters up to 64 and 64 groups for 128–512 filters, the spec's default); ``layer_groups`` sets a layer's
+  count exactly (it must divide the width). The classifier is grouped by class.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from connprune.data import ImageData
+from connprune.errors import UserError
+from connprune.graph import ModelGraph, build, is_depthwise
+from connprune.measure import activations as acts
+from connprune.measure.mutual_information import edge_cmi_matrix, mst_cmi_matrix
+from connprune.measure.sparsity import count_prunable
+from connprune.methods import register
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+
+__all__ = ["ChildLayer", "ConnectivityParams", "Mint", "MintParams", "auto_groups", "cell_masks", "group_labels",
+           "plan_children", "select_cells", "score_children"]
+
+AUTO_MAX_GROUPS = 64
+
+
+# ------------------------------------------------------------------------------------------------------------ groups
+def group_labels(channels: int, groups: int) -> torch.Tensor:
+    """Contiguous equal groups by index (mint.md §2 "Groups"): ``repeat(arange(G), C/G)``; UserError if G ∤ C."""
+    if groups < 1 or channels % groups:
+        raise UserError(f"{channels} filters cannot be split into {groups} equal groups; choose a group count "
+                        f"that divides {channels} (e.g. --param groups=auto)")
+    return torch.arange(groups).repeat_interleave(channels // groups)
+
+
+def auto_groups(channels: int, requested: int | Literal["auto"] = "auto") -> int:
+    """Group count of a layer with ``channels`` units: the largest divisor of C that is at most the requested count
+    (``"auto"``: 64, so single filters up to 64 units and 64 groups for 128, 256, 512; mint.md §4 defaults)."""
+    limit = AUTO_MAX_GROUPS if requested == "auto" else int(requested)
+    if limit < 1:
+        raise UserError(f"the number of groups must be >= 1, got {requested}")
+    return max(d for d in range(1, min(limit, channels) + 1) if channels % d == 0)
+
+
+# ------------------------------------------------------------------------------------------------------ child layers
+@dataclass
+class ChildLayer:
+    """One conv/linear layer whose incoming connections are scored and masked (a "child" of mint.md §2)."""
+
+    name: str
+    parents: tuple[str, ...]
+    """Producers of the channels it reads (empty: it reads the network input)."""
+    in_units: int
+    """Parent units (channels) it reads."""
+    block: int
+    """Input features per parent unit (1; ``H·W`` for a linear after a flatten)."""
+    child_labels: torch.Tensor
+    parent_labels: torch.Tensor
+    kernel: int
+    """Weights per (child unit, parent unit) connection: ``k_h·k_w`` (conv) or ``block`` (linear)."""
+    residual: bool = False
+    output: bool = False
+    """Produces the model's output (grouped by class)."""
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.name}.weight"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.child_labels.max()) + 1, int(self.parent_labels.max()) + 1
+
+    def cell_weights(self) -> int:
+        """Weights in one (child group, parent group) cell."""
+        gc, gp = self.shape
+        return (len(self.child_labels) // gc) * (len(self.parent_labels) // gp) * self.kernel
+
+
+def plan_children(model: nn.Module, graph: ModelGraph, *, groups: int | Literal["auto"] = "auto",
+                  layer_groups: dict[str, int] | None = None, prune_input_layer: bool | Literal["auto"] = "auto",
+                  exclude: list[str] | None = None) -> list[ChildLayer]:
+    """The child layers of ``graph`` in forward order, with their group labels (mint.md §3 steps 2 and 4).
+
+    ``layer_groups[name]`` overrides the group count of layer ``name``'s units (as child and as parent); the input
+    units of the first layer use ``groups``. Depthwise convs have no cross-channel connections and are skipped.
+    """
+    overrides = dict(layer_groups or {})
+    excluded = set(exclude or [])
+    unknown = (set(overrides) | excluded) - set(graph.layers)
+    if unknown:
+        raise UserError(f"unknown layer(s) {sorted(unknown)}; name conv/linear layers of the model, e.g. "
+                        f"{', '.join(repr(n) for n in graph.layers[:3])}")
+    parents_of: dict[str, list] = {}
+    for pair in graph.pairs:
+        parents_of.setdefault(pair.child, []).append(pair)
+
+    def count(layer: str | None, units: int) -> int:
+        if layer in overrides:  # an explicit per-layer count must divide the width
+            group_labels(units, overrides[layer])
+            return overrides[layer]
+        return auto_groups(units, groups)
+
+    children = []
+    for name in graph.layers:
+        module = model.get_submodule(name)
+        if is_depthwise(module) or name in excluded:
+            continue
+        pairs = parents_of.get(name, [])
+        if not pairs and not (prune_input_layer is True
+                              or (prune_input_layer == "auto" and isinstance(module, nn.Linear))):
+            continue
+        block = pairs[0].features_per_channel if pairs else 1
+        if isinstance(module, nn.Conv2d):
+            in_units, kernel = module.in_channels, module.kernel_size[0] * module.kernel_size[1]
+        else:
+            in_units, kernel = module.in_features // block, block
+        out_units = module.weight.shape[0]
+        parent_name = pairs[0].parent if pairs else None
+        output = name in graph.output_layers  # the classifier: grouped by class (mint.md §3 step 4)
+        children.append(ChildLayer(
+            name=name, parents=tuple(p.parent for p in pairs), in_units=in_units, block=block,
+            child_labels=group_labels(out_units, out_units if output else count(name, out_units)),
+            parent_labels=group_labels(in_units, count(parent_name, in_units)), kernel=kernel,
+            residual=any(p.residual for p in pairs), output=output))
+    if not children:
+        raise UserError("the model has no conv/linear layer with incoming connections to score")
+    return children
+
+
+# ----------------------------------------------------------------------------------------------------------- scoring
+def scoring_activations(model: nn.Module, children: list[ChildLayer], data: ImageData, *, samples_per_class: int,
+                        seed: int, device: torch.device, batch_size: int = 256,
+                        patch_means: bool = False) -> acts.Activations:
+    """Child outputs and child inputs (= parent activations) on one class-balanced scoring set (mint.md §3.3);
+    with ``patch_means`` also every child's patch means (SNACS's constraints)."""
+    indices = acts.class_balanced_indices(data.labels, samples_per_class, seed=seed)
+    names = [c.name for c in children]
+    return acts.collect(model, data, outputs=names, inputs=names, patch_means=names if patch_means else (),
+                        input_blocks={c.name: c.block for c in children if c.block > 1},
+                        indices=indices, batch_size=batch_size, device=device)
+
+
+def score_children(children: list[ChildLayer], activations: acts.Activations, *,
+                   estimator: Literal["edge", "mst"] = "edge", seed: int = 0) -> dict[str, torch.Tensor]:
+    """``ρ`` matrix (G_child × G_parent, float64, CPU) of every child layer (mint.md §2 "Score")."""
+    scores = {}
+    for child in children:
+        x, y = activations.outputs[child.name], activations.inputs[child.name]
+        if estimator == "edge":
+            rho = edge_cmi_matrix(x, y, child.child_labels, child.parent_labels, seed=seed)
+        elif estimator == "mst":
+            rho = mst_cmi_matrix(x, y, child.child_labels, child.parent_labels, seed=seed)
+        else:
+            raise UserError(f"unknown estimator {estimator!r}; choose 'edge' or 'mst'")
+        scores[child.name] = rho.cpu()
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------- thresholding
+def _cap_cells(limit: float, cells: int) -> int:
+    return min(cells, max(0, round(limit * cells)))
+
+
+def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
+                 cell_weights: dict[str, int] | None = None, target_weights: int | None = None,
+                 prune_level: float | None = None,
+                 protected: dict[str, torch.Tensor] | None = None,
+                 keep_connected: bool = False) -> dict[str, torch.Tensor] | None:
+    """Which (child group, parent group) cells to prune (True = prune), per layer.
+
+    Exactly one of:
+
+    - ``prune_level`` π ∈ [0, 1] (mint.md §2 "Thresholds"): ``δ = U[min(round(π·|U|), |U|−1)]`` over the pooled
+      sorted unique scores, cells with ``ρ ≤ δ`` pruned; a layer where that reaches its limit (``≥ u_l`` of its
+      cells) prunes instead its ``round(u_l·cells)`` lowest cells. π = 0 prunes nothing; π = 1 prunes every layer
+      to its limit (SNACS's single-shot mode).
+    - ``target_weights`` with ``cell_weights``: cells in ascending global score order (ties: layer order, then
+      cell index), a layer stopping at ``round(u_l·cells)``, until at least ``target_weights`` weights are pruned.
+      Returns None when the limits cannot reach the target.
+
+    ``protected[layer]`` (bool, G_child) marks child groups that keep all incoming connections (SNACS). Limits count
+    all cells of a layer, protected ones included. ``keep_connected`` never prunes the highest-scoring cell of a
+    child group, so no child filter loses all of its inputs (connprune's safeguard, not in the papers).
+    """
+    protected = protected or {}
+    names = list(scores)
+    eligible, caps = {}, {}
+    for name in names:
+        rho = scores[name]
+        mask = torch.ones_like(rho, dtype=torch.bool)
+        if name in protected:
+            mask[protected[name].to(torch.bool)] = False
+        if keep_connected:
+            mask[torch.arange(rho.shape[0]), rho.argmax(dim=1)] = False
+        eligible[name] = mask
+        caps[name] = _cap_cells(limits.get(name, 1.0), rho.numel())
+
+    def lowest(name: str, count: int, allowed: torch.Tensor) -> torch.Tensor:
+        flat = scores[name].reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        order = order[allowed.reshape(-1)[order]][:count]
+        chosen = torch.zeros_like(flat, dtype=torch.bool)
+        chosen[order] = True
+        return chosen.reshape(scores[name].shape)
+
+    if (prune_level is None) == (target_weights is None):
+        raise ValueError("give exactly one of prune_level and target_weights")
+    if prune_level is not None:
+        if not 0.0 <= prune_level <= 1.0:
+            raise UserError(f"prune level π must be in [0, 1], got {prune_level}")
+        pooled = torch.unique(torch.cat([scores[n].reshape(-1) for n in names]))
+        result = {}
+        for name in names:
+            if prune_level <= 0.0:
+                result[name] = torch.zeros_like(scores[name], dtype=torch.bool)
+                continue
+            delta = pooled[min(round(prune_level * len(pooled)), len(pooled) - 1)]
+            below = (scores[name] <= delta) & eligible[name]
+            if int(below.sum()) >= caps[name]:
+                below = lowest(name, caps[name], eligible[name])
+            result[name] = below
+        return result
+    if cell_weights is None:
+        raise ValueError("target_weights needs cell_weights")
+    # global ascending order of every eligible cell that its layer's limit still allows
+    flat_scores, flat_weights, owners, positions = [], [], [], []
+    for index, name in enumerate(names):
+        allowed = lowest(name, caps[name], eligible[name]).reshape(-1)
+        where = torch.nonzero(allowed).squeeze(1)
+        flat_scores.append(scores[name].reshape(-1)[where])
+        flat_weights.append(torch.full((len(where),), cell_weights[name], dtype=torch.int64))
+        owners.append(torch.full((len(where),), index, dtype=torch.int64))
+        positions.append(where)
+    all_scores, all_weights = torch.cat(flat_scores), torch.cat(flat_weights)
+    all_owners, all_positions = torch.cat(owners), torch.cat(positions)
+    # ties: layer order, then cell index (lexsort via two stable sorts)
+    order = torch.argsort(all_owners * (1 << 32) + all_positions, stable=True)
+    order = order[torch.argsort(all_scores[order], stable=True)]
+    cumulative = torch.cumsum(all_weights[order], 0)
+    if target_weights <= 0:
+        take = 0
+    elif len(cumulative) == 0 or int(cumulative[-1]) < target_weights:
+        return None
+    else:
+        take = int(torch.searchsorted(cumulative, torch.tensor(target_weights))) + 1
+    result = {name: torch.zeros_like(scores[name], dtype=torch.bool) for name in names}
+    for cell in order[:take].tolist():
+        name = names[int(all_owners[cell])]
+        result[name].view(-1)[all_positions[cell]] = True
+    return result
+
+
+def cell_masks(model: nn.Module, children: list[ChildLayer],
+               pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep-masks of the child weights (mint.md §2 "Connection mask"): cell (c, p) pruned → ``W[j, i, :, :] = 0``
+    for j ∈ c, i ∈ p (a linear child: its input block of parent unit i)."""
+    masks = {}
+    for child in children:
+        weight = model.get_submodule(child.name).weight
+        units = pruned[child.name][child.child_labels][:, child.parent_labels]  # (C_out, C_in)
+        if weight.dim() == 4:
+            keep = (~units)[:, :, None, None].expand_as(weight)
+        else:
+            keep = (~units).repeat_interleave(child.block, dim=1)
+        masks[child.weight_name] = keep.to(weight.device).clone()
+    return masks
+
+
+# ------------------------------------------------------------------------------------------------------- the method
+class ConnectivityParams(MethodParams):
+    """Parameters shared by MINT and SNACS."""
+
+    estimator: Literal["edge", "mst"] = "edge"
+    """CMI estimator: ``edge`` (hash-based, fast) or ``mst`` (MINT's reference, O(N²) per cell)."""
+    groups: int | Literal["auto"] = "auto"
+    """Groups per layer: at most this many (the largest divisor of the width ≤ it); ``auto`` = 64."""
+    layer_groups: dict[str, int] = Field(default_factory=dict)
+    """Per-layer group counts (layer name → groups)."""
+    samples_per_class: int = Field(250, ge=2)
+    """Scoring samples per class (drawn once, shared by all layers)."""
+    upper_limit: float = Field(0.85, ge=0.0, le=1.0)
+    """Per-layer upper limit u_l on the pruned fraction of a layer's cells."""
+    layer_limits: dict[str, float] = Field(default_factory=dict)
+    """Per-layer overrides of ``upper_limit``."""
+    relax_limits: bool = True
+    """When the limits cannot reach a numeric sparsity, raise them all by the same amount (else a UserError)."""
+    keep_connected: bool = True
+    """Never prune a child group's best incoming cell, so no filter is cut off from all its inputs (connprune's
+    safeguard; false: the papers' rule)."""
+    prune_input_layer: bool | Literal["auto"] = "auto"
+    """Also score the first layer, with the network input as parent (reconstructed); ``auto``: if it is linear."""
+    exclude: list[str] = Field(default_factory=list)
+    """Layers whose incoming connections are never pruned."""
+    prune_level: float | None = Field(None, ge=0.0, le=1.0)
+    """π for ``sparsity=auto`` (MINT's global threshold); None with an empty ``pi_grid``: the method's default."""
+    pi_grid: list[float] = Field(default_factory=list)
+    """``sparsity=auto`` sweep: fine-tune each π and keep the most compressed within ``max_accuracy_drop``."""
+    sweep_epochs: int = Field(1, ge=0)
+    """Fine-tuning epochs per π of the sweep."""
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
+    """Sweep target: validation accuracy at least the dense one minus this."""
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Share of the training data held out to choose π in the sweep."""
+    batch_size: int = Field(256, ge=1)
+    """Batch size of the activation pass."""
+
+
+class MintParams(ConnectivityParams):
+    prune_level: float | None = Field(None, ge=0.0, le=1.0)
+    """π for ``sparsity=auto`` when ``pi_grid`` is empty (default 0.5)."""
+
+
+@dataclass
+class ScoringState:
+    """What a connectivity method computed before thresholding (exposed for SNACS, tests and benchmarks)."""
+
+    graph: ModelGraph
+    children: list[ChildLayer]
+    activations: acts.Activations
+    scores: dict[str, torch.Tensor]
+    limits: dict[str, float]
+    protected: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ConnectivityPruning(PruningMethod):
+    """Base of MINT and SNACS: score cells, choose limits, threshold, mask. Subclasses refine :meth:`adapt`."""
+
+    kind = Kind.CONNECTION
+    needs_data = True
+    supports_auto = True
+    default_prune_level: float = 0.5
+    default_pi_grid: tuple[float, ...] = ()
+    needs_patch_means: bool = False
+
+    # --- steps -----------------------------------------------------------------------------------------------
+    def score(self, model: nn.Module, data: PruneData) -> ScoringState:
+        """Steps 2–5 of mint.md §3: pairs, activations, groups, CMI scores; then :meth:`adapt`."""
+        params = self.params
+        if data.train is None:
+            raise UserError(f"{self.name} needs training data to measure activations; pass --data NAME "
+                            "(or prune a checkpoint that records its data set)")
+        config = getattr(model, "connprune_config", {})
+        input_shape = (config["in_channels"], config["input_size"], config["input_size"]) if config else \
+            tuple(data.train.info.input_shape)
+        seconds: dict[str, float] = {}
+        graph = build(model, input_shape)
+        children = plan_children(model, graph, groups=params.groups, layer_groups=params.layer_groups,
+                                 prune_input_layer=params.prune_input_layer, exclude=params.exclude)
+        unknown = set(params.layer_limits) - set(graph.layers)
+        if unknown:
+            raise UserError(f"layer_limits names unknown layer(s) {sorted(unknown)}; use conv/linear layer names")
+        key = _scoring_key(model, data.train, self.name, params.model_dump(include=set(_SCORING_FIELDS)))
+        cached = _SCORE_CACHE.get(key)
+        if cached is None:
+            started = time.perf_counter()
+            activations = scoring_activations(model, children, data.train,
+                                              samples_per_class=params.samples_per_class, seed=params.seed,
+                                              device=data.device, batch_size=params.batch_size,
+                                              patch_means=self.needs_patch_means)
+            seconds["activations"] = time.perf_counter() - started
+            started = time.perf_counter()
+            scores = score_children(children, activations, estimator=params.estimator, seed=params.seed)
+            seconds["cmi"] = time.perf_counter() - started
+            _SCORE_CACHE[key] = (activations, scores, dict(seconds))
+            while len(_SCORE_CACHE) > _SCORE_CACHE_SIZE:
+                _SCORE_CACHE.pop(next(iter(_SCORE_CACHE)))
+            cache_info = {"scores_from_cache": False}
+        else:
+            activations, scores, first = cached
+            seconds = {"activations": 0.0, "cmi": 0.0}
+            cache_info = {"scores_from_cache": True, "first_seconds_activations": first["activations"],
+                          "first_seconds_cmi": first["cmi"]}
+        limits = {c.name: params.layer_limits.get(c.name, params.upper_limit) for c in children}
+        state = ScoringState(graph, children, activations, dict(scores), limits, seconds=seconds, info=cache_info)
+        self.adapt(model, state, data)
+        return state
+
+    def adapt(self, model: nn.Module, state: ScoringState, data: PruneData) -> None:
+        """Hook for SNACS (weight scaling, automatic limits, protection); MINT uses the scores as they are."""
+
+    def masks_for(self, model: nn.Module, state: ScoringState, sparsity: float | None,
+                  prune_level: float | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Masks for a numeric ``sparsity`` (relaxing the limits if allowed) or a prune level π."""
+        info: dict[str, Any] = {}
+        cells = {c.name: c.cell_weights() for c in state.children}
+        if sparsity is None:
+            pruned = select_cells(state.scores, state.limits, prune_level=prune_level, protected=state.protected,
+                                  keep_connected=self.params.keep_connected)
+        else:
+            target = round(sparsity * count_prunable(model))
+            pruned = select_cells(state.scores, state.limits, cell_weights=cells, target_weights=target,
+                                  protected=state.protected, keep_connected=self.params.keep_connected)
+            if pruned is None:
+                reachable = self._reachable(state, cells, state.limits) / count_prunable(model)
+                if not self.params.relax_limits:
+                    raise UserError(f"{self.name}: the per-layer limits allow at most {reachable:.4f} sparsity, "
+                                    f"below the requested {sparsity}; raise --param upper_limit=... or allow "
+                                    "--param relax_limits=true")
+                low, high = 0.0, 1.0
+                unlimited = {n: 1.0 for n in state.limits}
+                if select_cells(state.scores, unlimited, cell_weights=cells, target_weights=target,
+                                protected=state.protected, keep_connected=self.params.keep_connected) is None:
+                    most = self._reachable(state, cells, unlimited) / count_prunable(model)
+                    raise UserError(f"{self.name} can prune at most {most:.4f} of the weights (protected filters "
+                                    f"and unscored layers stay), below the requested {sparsity}; ask for less")
+                for _ in range(30):
+                    middle = (low + high) / 2
+                    raised = {n: min(1.0, u + middle) for n, u in state.limits.items()}
+                    ok = select_cells(state.scores, raised, cell_weights=cells, target_weights=target,
+                                      protected=state.protected,
+                                      keep_connected=self.params.keep_connected) is not None
+                    low, high = (low, middle) if ok else (middle, high)
+                raised = {n: min(1.0, u + high) for n, u in state.limits.items()}
+                pruned = select_cells(state.scores, raised, cell_weights=cells, target_weights=target,
+                                      protected=state.protected, keep_connected=self.params.keep_connected)
+                info["limits_relaxed_by"] = high
+        masks = cell_masks(model, state.children, pruned)
+        info["layer_pruned_cells"] = {n: float(p.float().mean()) for n, p in pruned.items()}
+        return masks, info
+
+    def _reachable(self, state: ScoringState, cells: dict[str, int], limits: dict[str, float]) -> int:
+        """Weights the limits let the masks remove (protected groups and, with keep_connected, each group's best
+        cell stay)."""
+        total = 0
+        for name, rho in state.scores.items():
+            protected_rows = int(state.protected[name].sum()) if name in state.protected else 0
+            allowed = rho.numel() - protected_rows * rho.shape[1]
+            if self.params.keep_connected:
+                allowed -= rho.shape[0] - protected_rows
+            total += min(_cap_cells(limits.get(name, 1.0), rho.numel()), allowed) * cells[name]
+        return total
+
+    def auto_masks(self, model: nn.Module, state: ScoringState,
+                   data: PruneData) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``sparsity="auto"``: π sweep when ``pi_grid`` is given, else one prune level."""
+        params = self.params
+        grid = params.pi_grid or self.default_pi_grid
+        if not grid:
+            level = params.prune_level if params.prune_level is not None else self.default_prune_level
+            masks, info = self.masks_for(model, state, None, level)
+            return masks, {**info, "prune_level": level}
+        return sweep_prune_levels(model, data, grid,
+                                  lambda level: self.masks_for(model, state, None, level),
+                                  epochs=params.sweep_epochs, max_drop=params.max_accuracy_drop,
+                                  validation_fraction=params.validation_fraction, seed=params.seed)
+
+    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
+        sparsity = self.check_sparsity(sparsity)
+        state = self.score(model, data)
+        started = time.perf_counter()
+        if sparsity == "auto":
+            masks, info = self.auto_masks(model, state, data)
+        else:
+            masks, info = self.masks_for(model, state, float(sparsity), None)
+        state.seconds["masks"] = time.perf_counter() - started
+        info = {**state.info, **info, "estimator": self.params.estimator,
+                "layer_limits": dict(state.limits),
+                "groups": {c.name: list(c.shape) for c in state.children},
+                "stage_seconds": dict(state.seconds),
+                **{f"seconds_{stage}": value for stage, value in state.seconds.items()}}
+        return PruningResult(masks=masks, info=info)
+
+
+# ------------------------------------------------------------------------------------------------------ score cache
+# Scores depend only on the weights, the scoring data and these settings: pruning one model at several sparsities
+# (``connprune demo``, experiment grids in one process) measures and scores once. Bounded, in-process, no files.
+_SCORING_FIELDS = ("estimator", "groups", "layer_groups", "samples_per_class", "prune_input_layer", "exclude",
+                   "seed", "batch_size")
+_SCORE_CACHE: dict[str, tuple[acts.Activations, dict[str, torch.Tensor], dict[str, float]]] = {}
+_SCORE_CACHE_SIZE = 2
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-1 of the tensors' bytes (shapes and dtypes included)."""
+    digest = hashlib.sha1()
+    for tensor in tensors:
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(value.shape)}{value.dtype}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _scoring_key(model: nn.Module, data: ImageData, method: str, settings: dict[str, Any]) -> str:
+    state = model.state_dict()
+    weights = fingerprint(*[state[k] for k in sorted(state)])
+    return f"{method}|{weights}|{fingerprint(data.images, data.labels)}|{json.dumps(settings, sort_keys=True)}"
+
+
+def clear_score_cache() -> None:
+    """Forget cached scores (tests, benchmarks that time the scoring)."""
+    _SCORE_CACHE.clear()
+
+
+# ------------------------------------------------------------------------------------------------------ π sweep
+def _subset(data: ImageData, indices: torch.Tensor) -> ImageData:
+    return ImageData(images=data.images[indices], labels=data.labels[indices], info=data.info, split=data.split)
+
+
+def sweep_prune_levels(model: nn.Module, data: PruneData, grid: list[float],
+                       masks_at: Callable[[float], tuple[dict[str, torch.Tensor], dict[str, Any]]], *,
+                       epochs: int, max_drop: float, validation_fraction: float,
+                       seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """MINT's π sweep (mint.md §3 step 8) with a validation pick: for each π, mask a copy of ``model``, fine-tune
+    it ``epochs`` epochs on the training data minus a held-out ``validation_fraction`` (masks enforced, the job's
+    fine-tuning recipe), and keep the most compressed π whose validation accuracy is at least the dense model's
+    minus ``max_drop`` (the lowest π if none is). The chosen masks apply to the *original* weights; the job's own
+    fine-tuning follows."""
+    from connprune import surgery
+    from connprune.measure.sparsity import sparsity as sparsity_of
+    from connprune.train import Trainer, default_recipe, evaluate
+
+    if data.train is None:
+        raise UserError("the π sweep needs training data")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data.train), generator=generator)
+    held = max(1, int(len(order) * validation_fraction))
+    validation, training = _subset(data.train, order[:held]), _subset(data.train, order[held:])
+    dense_accuracy = float(evaluate(model, validation, device=data.device)["accuracy"])
+    recipe = data.recipe or default_recipe(data.train.info.name)
+    rows, best = [], None
+    for level in sorted(grid):
+        masks, info = masks_at(level)
+        trial = copy.deepcopy(model)
+        surgery.apply_masks(trial, masks)
+        if epochs > 0:
+            Trainer(trial, training, None, recipe.model_copy(update={"epochs": epochs, "seed": seed}),
+                    hooks=[surgery.MaskEnforcer(masks)], device=data.device, progress=False,
+                    description=f"π={level:.3f}").fit()
+        accuracy = float(evaluate(trial, validation, device=data.device)["accuracy"])
+        reached = float(sparsity_of(model, masks))
+        rows.append({"prune_level": level, "sparsity": reached, "val_accuracy": accuracy})
+        if accuracy >= dense_accuracy - max_drop and (best is None or reached > best[0]):
+            best = (reached, level, masks, info)
+    if best is None:
+        level = min(grid)
+        masks, info = masks_at(level)
+        best = (float(sparsity_of(model, masks)), level, masks, info)
+    return best[2], {**best[3], "prune_level": best[1], "sweep": rows, "dense_val_accuracy": dense_accuracy}
+
+
+@register
+class Mint(ConnectivityPruning):
+    name = "mint"
+    paper = ("Ganesh, Corso & Yasaei Sekeh, MINT: Deep Network Compression via Mutual Information-based Neuron "
+             "Trimming, ICPR 2020 (arXiv 2003.08472)")
+    summary = ("remove the filter-group connections of least conditional MI given the other parents; global "
+               "threshold with per-layer limits; disconnected filters removed")
+    Params = MintParams
