@@ -24,6 +24,8 @@ FINETUNE_EPOCHS = 5
 SETTINGS: dict[str, dict[str, Any]] = {
     # Methods the default (LeNet-5 at SPARSITIES) does not suit: the model they prune, the sparsities they get,
     # parameters, and training epochs (for methods that train) that keep them within the demo's time.
+    "mint": {"params": {"samples_per_class": 60}},
+    "snacs": {"sparsities": (0.5, 0.8, "auto"), "params": {"samples_per_class": 60}},
     "kfac": {"model": "mlp", "sparsities": (0.5, 0.9)},
     "network-slimming": {"model": "resnet20", "sparsities": (0.5,), "epochs": 2},  # needs BatchNorm
     "layer-sparsity": {"model": "mlp", "sparsities": ("auto",), "params": {"lambda": 1.0}},
