@@ -197,6 +197,16 @@ def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
         results[name] = json.loads(capsys.readouterr().out)
     assert results["ref"]["heat_distance"] == 0.0
     assert results["pruned"]["heat_distance"] > 0.0 and results["pruned"]["heat_t"] > 0.0
+    monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / "pruned"),
+                                      "--connectivity", str(tmp_path / "ref"), "--heat-taps", "first",
+                                      "--scree", str(tmp_path / "scree.png"), "--json"])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert not exc.code
+    first = json.loads(capsys.readouterr().out)
+    assert first["heat_distance"] == pytest.approx(results["pruned"]["heat_distance"])  # an MLP has one tap
+    assert (tmp_path / "scree.png").stat().st_size > 1000 and first["scree"] == str(tmp_path / "scree.png")
 
 
 def test_depthwise_convs_join_channel_to_channel():
@@ -218,3 +228,82 @@ def test_cli_connectivity_rejects_shrunk_checkpoints(monkeypatch, capsys, tmp_pa
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2 and "--no-shrink" in capsys.readouterr().err
+
+
+# --- scalable paths: exact spectrum by twin classes, Lanczos heat, eigsh λ_2 ---------------------------------------
+
+def path_graph(n: int = 30) -> heat.UnitGraph:
+    a = np.zeros((n, n))
+    a[np.arange(n - 1), np.arange(1, n)] = a[np.arange(1, n), np.arange(n - 1)] = 1.0
+    return heat.from_adjacency(a, [0, 1])
+
+
+def dense_signature(graph: heat.UnitGraph, t: float) -> np.ndarray:
+    values, vectors = np.linalg.eigh(graph.laplacian().toarray())
+    return vectors @ (np.exp(-t * np.clip(values, 0, None)) * (vectors.T @ graph.sources))
+
+
+@pytest.mark.parametrize("method", ["expm_multiply", "lanczos", "auto"])
+def test_sparse_heat_equals_the_dense_eigendecomposition(method):
+    """§7.11: S(t) = U exp(−Λt) Uᵀ A to 1e-8, on a path graph and on a pruned MLP with a skip, small to large t."""
+    model = small_mlp(widths=(24, 12))
+    masks = random_masks(model, 0.2, 4)
+    skip = torch.randn(10, 64) * (torch.rand(10, 64, generator=torch.Generator().manual_seed(0)) < 0.1)
+    mlp_graph = heat.unit_graph(model, (1, 8, 8), masks=masks, weighted=True,
+                                extra_edges=[("features.0", "classifier", skip)])
+    for graph in (path_graph(), mlp_graph, two_components()):
+        for t in (1e-3, 0.05, 1.0, 30.0, 1e3):
+            np.testing.assert_allclose(heat.heat_signature(graph, t, method), dense_signature(graph, t), atol=1e-8)
+    with pytest.raises(UserError, match="unknown heat method"):
+        heat.heat_signature(path_graph(), 1.0, "dense")
+
+
+def test_twin_spectrum_is_exact_and_collapses_dense_networks():
+    reference = small_mlp()
+    dense = heat.unit_graph(reference, (1, 8, 8))
+    # every layer block of a dense MLP is one twin class: pixels, 32 hidden, 16 hidden, 10 classes
+    assert int(heat.twin_classes(dense.adjacency).max()) + 1 == 4
+    pruned = heat.unit_graph(reference, (1, 8, 8), masks=random_masks(reference, 0.3, 2), weighted=True)
+    resnet = heat.unit_graph(models.create("resnet20", in_channels=1, input_size=8), (1, 8, 8))
+    for graph in (dense, pruned, resnet, two_components(), path_graph()):
+        exact = np.clip(np.linalg.eigvalsh(graph.laplacian().toarray()), 0, None)
+        np.testing.assert_allclose(heat.laplacian_spectrum(graph.adjacency), exact, atol=1e-8)
+    assert int(heat.twin_classes(resnet.adjacency).max()) + 1 < resnet.n // 10
+    with pytest.raises(UserError, match="twin classes"):
+        heat.laplacian_spectrum(pruned.adjacency, dense_limit=10)
+
+
+def test_algebraic_connectivity_by_eigsh():
+    rng = np.random.default_rng(1)
+    a = np.triu((rng.random((150, 150)) < 0.05) * rng.random((150, 150)), 1)
+    a[np.arange(149), np.arange(1, 150)] = 1.0
+    graph = heat.from_adjacency(a + a.T, [0])
+    assert heat.algebraic_connectivity(graph) == pytest.approx(graph.eigenvalues()[1], rel=1e-7)
+    split = heat.from_adjacency(np.kron(np.eye(2), (a + a.T)[:75, :75]), [0])
+    assert heat.algebraic_connectivity(split) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_first_tap_edges_read_only_the_kernel_corner():
+    """taps="first": the code release's shortcut (a conv edge iff its [0, 0] tap is kept), the spec's default
+    "all": any kept tap of the kernel slice is an edge."""
+    model = models.create("lenet5")
+    mask = torch.zeros_like(model.conv2.weight, dtype=torch.bool)
+    mask[0, 0, 2, 2] = True  # channel 0 → 0 only through the centre tap
+    mask[1, 1, 0, 0] = True  # channel 1 → 1 through the corner tap
+    masks = {"conv2.weight": mask}
+    for taps, expected in (("all", {(0, 0), (1, 1)}), ("first", {(1, 1)})):
+        graph = heat.unit_graph(model, (1, 28, 28), masks=masks, taps=taps)
+        block = graph.adjacency[graph.block("conv2:in"), graph.block("fc1:in")].toarray()
+        assert {(int(i), int(j)) for i, j in zip(*np.nonzero(block))} == expected
+    with pytest.raises(UserError, match="unknown taps"):
+        heat.unit_graph(model, (1, 28, 28), taps="centre")
+
+
+def test_scree_plot_is_written(tmp_path):
+    model = small_mlp()
+    graphs = {"dense": heat.unit_graph(model, (1, 8, 8)),
+              "pruned": heat.unit_graph(model, (1, 8, 8), masks=random_masks(model, 0.2, 0))}
+    path = heat.scree_plot(graphs, tmp_path / "scree.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="at least one"):
+        heat.scree_plot({}, tmp_path / "none.png")

@@ -129,6 +129,10 @@ def eval_cmd(
     with_cost: bool = typer.Option(False, "--cost", help="Also params, MACs and latency at batch 1 and 64."),
     connectivity: Optional[Path] = typer.Option(
         None, "--connectivity", help="Reference checkpoint: also N2NSkip's heat-diffusion distance F to it."),
+    heat_taps: str = typer.Option("all", "--heat-taps", help="With --connectivity: conv edges from any kernel tap "
+                                  "(all) or the [0, 0] tap only (first: the N2NSkip code release)."),
+    scree: Optional[Path] = typer.Option(None, "--scree", help="With --connectivity: save the scree diagram "
+                                         "alpha(K, t) of both networks as this PNG."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Accuracy of a checkpoint, clean and under distribution shift (and its cost with --cost)."""
@@ -163,10 +167,16 @@ def eval_cmd(
 
         reference = load_checkpoint(connectivity)
         shape = test_data.info.input_shape
-        graph = heat.unit_graph(reference.model, shape, masks=reference.masks)
+        if heat_taps not in ("all", "first"):
+            raise UserError(f"--heat-taps {heat_taps!r}: choose all or first")
+        graph = heat.unit_graph(reference.model, shape, masks=reference.masks, taps=heat_taps)
         result["heat_t"] = heat.saturation_time(graph)
         result["heat_distance"] = heat.heat_distance(reference.model, loaded.model, shape, masks=loaded.masks,
-                                                     t=result["heat_t"], reference_masks=reference.masks)
+                                                     t=result["heat_t"], reference_masks=reference.masks,
+                                                     taps=heat_taps)
+        if scree is not None:
+            pruned_graph = heat.unit_graph(loaded.model, shape, masks=loaded.masks, taps=heat_taps)
+            result["scree"] = str(heat.scree_plot({"reference": graph, "checkpoint": pruned_graph}, scree))
         rows += [[k, result[k]] for k in ("heat_distance", "heat_t")]
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))

@@ -139,7 +139,8 @@ def prune_model(
     before = cost(model, info.input_shape)
     prunable_before = count_prunable(model)
     acc_before, shift_before = _accuracies(model, test_data, shift, data_dir, seed)
-    overrides = {k: v for k, v in (recipe_overrides or {}).items() if k not in ("epochs", "seed")}
+    overrides = {**method.recipe_overrides,
+                 **{k: v for k, v in (recipe_overrides or {}).items() if k not in ("epochs", "seed")}}
     recipe = default_recipe(info.name, **overrides, seed=seed, epochs=train_epochs)
     if method.needs_trained:
         recipe = recipe.model_copy(update={"lr": recipe.lr * 0.1})

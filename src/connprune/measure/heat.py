@@ -30,8 +30,17 @@ channel ``c`` to output channel ``c``. Parallel edges (a sequential weight and a
 Skip connections: ``extra_edges`` takes ``(src_layer, dst_layer, weight)``: ``weight`` ``[out, in(, kh, kw)]`` joins
 ``src_layer``'s input units (``weight``'s dim 1) to ``dst_layer``'s *output* units (dim 0), i.e. N2NSkip's
 ``a^{l+k} = g(z^{l+k} + g(conv_s(a^l)))`` with ``a^l`` the input of ``src_layer`` and ``z^{l+k}`` the output of
-``dst_layer``. A conv/linear module registered under a name with a ``skip`` part is treated the same way
-automatically: it adds no nodes, its input nodes are those of the non-skip layer reading the same producers.
+``dst_layer``. Branches added by the ``skip`` edit (:mod:`connprune.surgery.skips`) are found automatically: the
+layer graph is traced with them detached (so each residual add is seen once) and each recorded branch becomes such
+an extra edge (its masked weight; a parameter-free ResSkip joins unit ``i`` to unit ``i``). Any other conv/linear
+module registered under a name with a ``skip`` part that runs in the forward pass adds no nodes: its input nodes are
+those of the non-skip layer reading the same producers.
+
+Scale (VGG-19: n = 5,517 nodes, 4.5 M adjacency entries; ResNet-50: n = 24,589, 27.5 M): no n×n matrix is
+formed. ``S(t)`` comes from :func:`scipy.sparse.linalg.expm_multiply` or, for large ``t·‖L‖`` (high-degree unit
+graphs), from a Lanczos approximation of ``exp(−tL)A`` (:func:`heat_signature`); the full spectrum the scree needs
+is exact through the twin-class quotient (:func:`laplacian_spectrum`: a dense reference collapses to a few dozen
+classes); :func:`algebraic_connectivity` gets λ_2 alone by ``eigsh``.
 
 Shrunk models: a physically shrunk model has fewer units and the kept indices are not recorded, so
 :func:`heat_distance` needs the pruned model at the reference's widths (masked zeros, ``--no-shrink``) and raises a
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -59,7 +69,8 @@ SATURATION = 0.97
 K_FRACTION = 0.06
 """K as a fraction of n for the scree α(K, t) (Fig. 4: α(K, 0) ≈ 0.06)."""
 DENSE_EIGH_LIMIT = 12_000
-"""Largest n for which the scree (all eigenvalues, dense ``eigh``) is computed."""
+"""Largest number of twin classes (:func:`twin_classes`) for which the full spectrum (the scree's input) is computed
+by a dense ``eigh`` of the quotient Laplacian."""
 
 ExtraEdge = tuple[str, str, "torch.Tensor | np.ndarray"]
 
@@ -90,13 +101,9 @@ class UnitGraph:
         return (sp.diags(degrees) - self.adjacency).tocsr()
 
     def eigenvalues(self) -> np.ndarray:
-        """All eigenvalues of ``L``, ascending (dense ``eigh``; cached)."""
+        """All eigenvalues of ``L``, ascending (exact; cached): :func:`laplacian_spectrum`."""
         if self._eigenvalues is None:
-            if self.n > DENSE_EIGH_LIMIT:
-                raise UserError(f"the unit graph has {self.n} nodes; the scree α(K, t) needs all eigenvalues, "
-                                f"computed densely only up to {DENSE_EIGH_LIMIT} nodes — pass an explicit t")
-            values = scipy.linalg.eigh(self.laplacian().toarray(), eigvals_only=True)
-            self._eigenvalues = np.clip(values, 0.0, None)  # L is PSD; clip round-off below 0
+            self._eigenvalues = laplacian_spectrum(self.adjacency)
         return self._eigenvalues
 
     def block(self, name: str) -> slice:
@@ -115,8 +122,13 @@ def _as_numpy(weight: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(weight, dtype=np.float64)
 
 
-def _slice_weights(weight: np.ndarray, n_in: int, weighted: bool) -> np.ndarray:
-    """``[out, n_in]`` edge weights: L1 norm (or any-non-zero) of each kernel slice / merged feature block."""
+def _slice_weights(weight: np.ndarray, n_in: int, weighted: bool, taps: str = "all") -> np.ndarray:
+    """``[out, n_in]`` edge weights: L1 norm (or any-non-zero) of each kernel slice / merged feature block
+    (``taps="first"``: of a conv kernel's ``[0, 0]`` tap only, as the authors' code release reads it)."""
+    if taps not in ("all", "first"):
+        raise UserError(f"unknown taps {taps!r}; choose all (the whole kernel slice) or first (the [0, 0] tap)")
+    if taps == "first" and weight.ndim == 4:
+        weight = weight[:, :, :1, :1]
     out = weight.shape[0]
     if weight.ndim == 2:
         if weight.shape[1] % n_in:
@@ -140,15 +152,22 @@ def _effective(module: nn.Module, name: str, masks: Mapping[str, torch.Tensor] |
 
 
 def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, torch.Tensor] | None = None,
-               weighted: bool = False, extra_edges: Iterable[ExtraEdge] = ()) -> UnitGraph:
+               weighted: bool = False, extra_edges: Iterable[ExtraEdge] = (), taps: str = "all") -> UnitGraph:
     """The unit graph of ``model`` (see the module docstring for nodes and edges).
 
+    ``taps``: which kernel taps make a conv edge: ``all`` (the spec's definition: any non-zero weight of the slice,
+    or its L1 norm) or ``first`` (only the ``[0, 0]`` tap, the shortcut of the authors' code release; a sparse
+    element-wise pruned 3×3 conv then has about 9× fewer edges, a channel-level skip mask keeps all of its own).
     ``masks``: parameter name → keep mask, applied to the weights (a masked or exactly-zero weight is no edge).
     ``weighted``: edge weight = L1 norm of the masked kernel slice instead of 1.
     ``extra_edges``: ``(src_layer, dst_layer, weight [out, in(, kh, kw)])`` skip edges from ``src_layer``'s input
     units to ``dst_layer``'s output units (pass masked skip weights).
     """
-    graph = build(model, tuple(input_shape))
+    from connprune.surgery import skips as skip_branches  # lazy: connprune.surgery imports the training code
+
+    with skip_branches.detached(model):  # the sequential layers' graph; branches are added as extra edges
+        graph = build(model, tuple(input_shape))
+    extra_edges = [*extra_edges, *skip_branches.branch_edges(model, masks)]
     modules = dict(model.named_modules())
     parents: dict[str, list[str]] = {name: [] for name in graph.layers}
     children: dict[str, list[str]] = {name: [] for name in graph.layers}
@@ -225,11 +244,11 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
         src_block = offsets[input_block[name]]
         weight = _effective(module, name, masks)
         if is_depthwise(module):
-            diag = np.abs(weight).reshape(weight.shape[0], -1)
+            diag = np.abs(weight[:, :, :1, :1] if taps == "first" else weight).reshape(weight.shape[0], -1)
             values = diag.sum(axis=1) if weighted else (diag != 0).any(axis=1).astype(np.float64)
             edge = np.diag(values)
         else:
-            edge = _slice_weights(weight, src_block[1], weighted)
+            edge = _slice_weights(weight, src_block[1], weighted, taps)
         connect(src_block, output_blocks(name), edge, f"layer {name!r}")
     for src, dst, weight in extra_edges:
         for layer in (src, dst):
@@ -237,7 +256,7 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
                 raise UserError(f"extra edge names layer {layer!r}, which is not a weight layer of the model; "
                                 f"choose from {', '.join(main[:4])}, ...")
         src_block = offsets[f"{src}:in"]
-        connect(src_block, output_blocks(dst), _slice_weights(_as_numpy(weight), src_block[1], weighted),
+        connect(src_block, output_blocks(dst), _slice_weights(_as_numpy(weight), src_block[1], weighted, taps),
                 f"extra edge {src}→{dst}")
 
     row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
@@ -266,28 +285,137 @@ def from_adjacency(adjacency: sp.spmatrix | np.ndarray, sources: Sequence[int] |
                      sources=indicator, weighted=bool(np.any((matrix.data != 0) & (matrix.data != 1))))
 
 
+def twin_classes(adjacency: sp.spmatrix) -> np.ndarray:
+    """Class label per node: nodes with identical adjacency rows (the same neighbours with the same weights, hence
+    never adjacent to each other) share a class. In a dense reference network every unit of a layer is such a twin."""
+    matrix = sp.csr_matrix(adjacency)
+    matrix.sort_indices()
+    keys: dict[tuple[bytes, bytes], int] = {}
+    labels = np.empty(matrix.shape[0], dtype=np.int64)
+    for node in range(matrix.shape[0]):
+        lo, hi = matrix.indptr[node], matrix.indptr[node + 1]
+        key = (matrix.indices[lo:hi].tobytes(), matrix.data[lo:hi].tobytes())
+        labels[node] = keys.setdefault(key, len(keys))
+    return labels
+
+
+def laplacian_spectrum(adjacency: sp.spmatrix, dense_limit: int = DENSE_EIGH_LIMIT) -> np.ndarray:
+    """All eigenvalues of ``L = D − W`` (Eq. 3), ascending, exactly, without an n×n eigendecomposition where the
+    graph has twins (:func:`twin_classes`).
+
+    For a class C of m twins of degree d, every vector on C summing to zero is an eigenvector of L with eigenvalue
+    d (their rows agree and no edge joins them), which gives m − 1 eigenvalues d; the other eigenvalues are those of
+    the c×c quotient ``Q = Bᵀ L B``, B the orthonormal class indicators (``1_C / √m``), whose span L leaves
+    invariant. Dense reference networks collapse to about one class per layer block, so their full spectrum is
+    exact and quick; a pruned network has few twins and needs ``c ≤ dense_limit`` (a dense ``eigh`` of the
+    quotient), else a :class:`UserError`.
+    """
+    matrix = sp.csr_matrix(adjacency, dtype=np.float64)
+    n = matrix.shape[0]
+    labels = twin_classes(matrix)
+    classes = int(labels.max()) + 1 if n else 0
+    if classes > dense_limit:
+        raise UserError(f"the unit graph has {n} nodes in {classes} twin classes; the scree α(K, t) needs all "
+                        f"eigenvalues, computed exactly only up to {dense_limit} classes — pass an explicit t")
+    degrees = np.asarray(matrix.sum(axis=1)).ravel()
+    laplacian = (sp.diags(degrees) - matrix).tocsr()
+    sizes = np.bincount(labels, minlength=classes)
+    basis = sp.csr_matrix((1.0 / np.sqrt(sizes[labels]), (np.arange(n), labels)), shape=(n, classes))
+    quotient = (basis.T @ laplacian @ basis).toarray()
+    values = [scipy.linalg.eigh(0.5 * (quotient + quotient.T), eigvals_only=True)]
+    first = np.zeros(classes, dtype=np.int64)
+    first[labels[::-1]] = np.arange(n)[::-1]  # a representative node of each class
+    values.append(np.repeat(degrees[first], sizes - 1))
+    return np.clip(np.sort(np.concatenate(values)), 0.0, None)  # L is PSD; clip round-off below 0
+
+
+def algebraic_connectivity(graph: UnitGraph, tol: float = 1e-8) -> float:
+    """λ_2 of L (the Fiedler value; 0 iff the graph is disconnected) by :func:`scipy.sparse.linalg.eigsh` in
+    shift-invert mode just below 0: no full spectrum, for graphs too large for :func:`laplacian_spectrum`."""
+    laplacian = graph.laplacian().tocsc()
+    if graph.n <= 64:
+        return float(np.sort(np.linalg.eigvalsh(laplacian.toarray()))[1].clip(0.0))
+    values = spla.eigsh(laplacian, k=2, sigma=-1e-6, which="LM", tol=tol, return_eigenvectors=False)
+    return float(np.sort(values)[1].clip(0.0))
+
+
 def heat_kernel(graph: UnitGraph, t: float) -> np.ndarray:
-    """Dense ``H(t) = U exp(−Λt) U^T`` (small graphs only: n×n)."""
+    """Dense ``H(t) = U exp(−Λt) U^T`` (Eq. 4; small graphs only: n×n)."""
     laplacian = graph.laplacian().toarray()
     values, vectors = scipy.linalg.eigh(laplacian)
     return (vectors * np.exp(-t * np.clip(values, 0.0, None))) @ vectors.T
 
 
-def heat_signature(graph: UnitGraph, t: float) -> np.ndarray:
-    """``S(t) = exp(−tL) A`` (n-vector) by ``scipy.sparse.linalg.expm_multiply`` (no eigendecomposition)."""
+KRYLOV_ABOVE = 10.0
+"""``heat_signature(method="auto")`` uses the Lanczos path when ``t·‖L‖_1`` exceeds this (expm_multiply's cost grows
+linearly with ``t·‖L‖_1``, Lanczos' roughly with its square root)."""
+
+
+def _lanczos_expm(laplacian: sp.csr_matrix, vector: np.ndarray, t: float, tol: float = 1e-12,
+                  max_steps: int = 1000) -> np.ndarray:
+    """``exp(−tL) v`` by the Lanczos method (Saad 1992; Hochbruck & Lubich 1997): ``β V_m exp(−t T_m) e_1`` on the
+    Krylov space ``K_m(L, v)`` with full re-orthogonalisation, grown 16 steps at a time until two successive
+    approximations agree to ``tol · ‖v‖`` (or the space is invariant, which makes it exact)."""
+    beta = float(np.linalg.norm(vector))
+    if beta == 0.0:
+        return np.zeros_like(vector)
+    n = vector.shape[0]
+    limit = min(max_steps, n)
+    basis = np.zeros((limit + 1, n))
+    basis[0] = vector / beta
+    alphas: list[float] = []
+    betas: list[float] = []
+    previous: np.ndarray | None = None
+    for step in range(limit):
+        w = laplacian @ basis[step]
+        alphas.append(float(basis[step] @ w))
+        for _ in range(2):  # full re-orthogonalisation, twice is enough
+            w -= basis[: step + 1].T @ (basis[: step + 1] @ w)
+        norm = float(np.linalg.norm(w))
+        invariant = norm <= 1e-12 * max(1.0, abs(alphas[-1]))
+        if invariant or (step + 1) % 16 == 0 or step + 1 == limit:
+            values, vectors = scipy.linalg.eigh_tridiagonal(np.array(alphas), np.array(betas))
+            small = vectors @ (np.exp(-t * np.clip(values, 0.0, None)) * vectors[0])
+            current = beta * (basis[: step + 1].T @ small)
+            if invariant or step + 1 == n or (previous is not None and
+                                               np.linalg.norm(current - previous) <= tol * beta):
+                return current
+            previous = current
+        betas.append(norm)
+        basis[step + 1] = w / norm
+    raise UserError(f"the Lanczos heat solver did not converge in {max_steps} steps (t={t}); use "
+                    "method='expm_multiply'")
+
+
+def heat_signature(graph: UnitGraph, t: float, method: str = "auto") -> np.ndarray:
+    """``S(t) = exp(−tL) A`` (Eq. 5, n-vector) without an eigendecomposition of L.
+
+    ``method``: ``expm_multiply`` (:func:`scipy.sparse.linalg.expm_multiply`, Al-Mohy & Higham 2011; cost linear in
+    ``t·‖L‖_1``), ``lanczos`` (:func:`_lanczos_expm`; about ``√(t·‖L‖)`` sparse products, the fast choice for the
+    large, high-degree unit graphs of VGG/ResNet at saturation times) or ``auto`` (Lanczos above
+    :data:`KRYLOV_ABOVE`). Both agree with ``U exp(−Λt) Uᵀ A`` to 1e-8 (tests).
+    """
     if t < 0:
         raise UserError(f"t must be >= 0, got {t}")
+    if method not in ("auto", "expm_multiply", "lanczos"):
+        raise UserError(f"unknown heat method {method!r}; choose auto, expm_multiply or lanczos")
     if t == 0:
         return graph.sources.copy()
-    return np.asarray(spla.expm_multiply(-float(t) * graph.laplacian().tocsc(), graph.sources), dtype=np.float64)
+    laplacian = graph.laplacian()
+    if method == "auto":
+        norm = float(abs(laplacian).sum(axis=0).max()) if laplacian.nnz else 0.0
+        method = "lanczos" if t * norm > KRYLOV_ABOVE else "expm_multiply"
+    if method == "lanczos":
+        return _lanczos_expm(laplacian.tocsr(), graph.sources, float(t))
+    return np.asarray(spla.expm_multiply(-float(t) * laplacian.tocsc(), graph.sources), dtype=np.float64)
 
 
-def signature_distance(reference: UnitGraph, pruned: UnitGraph, t: float) -> float:
-    """``F(t) = ||S_ref(t) − S_prune(t)||_2``; the graphs must share the node set and the sources."""
+def signature_distance(reference: UnitGraph, pruned: UnitGraph, t: float, method: str = "auto") -> float:
+    """``F(t) = ||S_ref(t) − S_prune(t)||_2`` (Eq. 6); the graphs must share the node set and the sources."""
     if reference.offsets != pruned.offsets or not np.array_equal(reference.sources, pruned.sources):
         raise UserError("the two unit graphs have different node sets; F compares networks with the same units "
                         "(a physically shrunk model needs its masked, unshrunk checkpoint: prune with --no-shrink)")
-    return float(np.linalg.norm(heat_signature(reference, t) - heat_signature(pruned, t)))
+    return float(np.linalg.norm(heat_signature(reference, t, method) - heat_signature(pruned, t, method)))
 
 
 def _k(graph: UnitGraph, k_fraction: float) -> int:
@@ -342,7 +470,7 @@ def _widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def heat_distance(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Sequence[int],
                   masks: Mapping[str, torch.Tensor] | None = None, t: float | None = None, weighted: bool = False,
                   reference_masks: Mapping[str, torch.Tensor] | None = None, extra_edges: Iterable[ExtraEdge] = (),
-                  k_fraction: float = K_FRACTION) -> float:
+                  k_fraction: float = K_FRACTION, taps: str = "all") -> float:
     """N2NSkip's F = ||S_ref(t) − S_prune(t)||_2 between a reference and a pruned (masked) model.
 
     ``masks`` apply to ``pruned_model`` and ``reference_masks`` to the reference; ``extra_edges`` are the pruned
@@ -356,8 +484,44 @@ def heat_distance(reference_model: nn.Module, pruned_model: nn.Module, input_sha
         raise UserError(f"the pruned model's layers differ in shape from the reference's ({', '.join(changed[:3])}"
                         "); F compares the same units, so it needs a masked (unshrunk) model — prune with "
                         "--no-shrink, or compare against a reference of the same architecture")
-    reference = unit_graph(reference_model, input_shape, masks=reference_masks, weighted=weighted)
-    pruned = unit_graph(pruned_model, input_shape, masks=masks, weighted=weighted, extra_edges=extra_edges)
+    reference = unit_graph(reference_model, input_shape, masks=reference_masks, weighted=weighted, taps=taps)
+    pruned = unit_graph(pruned_model, input_shape, masks=masks, weighted=weighted, extra_edges=extra_edges, taps=taps)
     if t is None:
         t = saturation_time(reference, k_fraction)
     return signature_distance(reference, pruned, t)
+
+
+def scree_plot(graphs: Mapping[str, UnitGraph], path: str | Path, t_max: float | None = None,
+               k_fraction: float = K_FRACTION, points: int = 200) -> Path:
+    """Save the scree diagram α(K, t) of Eq. (7) over t ∈ [0, t_max] for each graph (the paper's Fig. 4), with the
+    saturation level :data:`SATURATION` as a horizontal line, as a PNG at ``path`` (written atomically).
+
+    ``t_max=None``: four times the first graph's saturation time. Needs every graph's full spectrum
+    (:func:`laplacian_spectrum`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from connprune.utils.io import atomic_path
+
+    if not graphs:
+        raise UserError("scree_plot needs at least one unit graph")
+    first = next(iter(graphs.values()))
+    t_max = float(t_max) if t_max is not None else 4.0 * saturation_time(first, k_fraction)
+    if t_max <= 0:
+        raise UserError(f"t_max must be > 0, got {t_max}")
+    ts = np.linspace(0.0, t_max, points)
+    fig, axis = plt.subplots(figsize=(5.5, 4))
+    for label, graph in graphs.items():
+        axis.plot(ts, scree(graph, k_fraction, ts), label=label)
+    axis.axhline(SATURATION, color="grey", linestyle="--", linewidth=0.8)
+    axis.set(xlabel="t", ylabel=f"α(K, t), K = {k_fraction:.0%} of n", ylim=(0, 1.02),
+             title="Scree diagram (N2NSkip Eq. 7)")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

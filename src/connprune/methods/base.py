@@ -104,6 +104,9 @@ class PruningMethod(ABC):
     returns the trained model in ``PruningResult.model``."""
     supports_auto: ClassVar[bool] = False
     """Accepts ``sparsity="auto"`` and chooses its own budget."""
+    recipe_overrides: ClassVar[dict[str, Any]] = {}
+    """The paper's training recipe where it differs from the data set's default (e.g. N2NSkip's SGD 0.05); the
+    user's recipe settings override it."""
 
     def __init__(self, **params: Any) -> None:
         try:

@@ -1,0 +1,439 @@
+"""Skip branches as a structural edit: N2NSkip's sparse neuron-to-neuron skips and ResNet-style dense skips.
+
+Subramaniam & Sharma, "N2NSkip: Learning Highly Sparse Networks using Neuron-to-Neuron Skip Connections", BMVC 2020
+(arXiv 2208.03662), Section 3.1:
+
+- N2NSkip, Eq. (2): ``a^{l+k} = g(z^{l+k} + g(conv_s(a^l)))``, ``conv_s`` a *sparse* convolution (a sparse linear
+  map in an MLP) with its own trainable weights. The branch here is ``conv_s → BN → ReLU (→ max-pool)`` as in the
+  code release's ``vggskip16``; its mask is chosen at channel level (a kept connection ``i → j`` keeps the whole
+  kernel slice ``W_s[j, i, :, :]``), so it is constant over kernel positions, and stays fixed during training.
+- ResSkip, Eq. (1): ``a^{l+k} = g(z^{l+k} + a^l)``, dense and parameter-free (the paper's comparison, Section 4.1).
+  Shape mismatches (reconstructed: not stated in the paper) are bridged without parameters: average pooling to the
+  target's spatial size and zero-padding of the channels (option A of He et al. 2016); a site whose source has more
+  units than its target cannot be bridged this way and is left out by :func:`plan`.
+
+A branch reads ``a^l``, the *input* of its source layer, and is added to ``z^{l+k}``, the pre-activation of its
+target layer (after the target's BatchNorm, where it has one). The edit spec (plain JSON, recorded on the model and
+replayed by :func:`connprune.checkpoint.load`) is::
+
+    {"op": "skip", "name": "0", "kind": "n2n" | "res", "source": LAYER, "target": LAYER,
+     "add_to": MODULE | "", "in_units": C_in, "out_units": C_out, "kernel_size": f, "stride": s,
+     "output_size": [H, W] | null, "connections": n_pairs, "seed": seed}
+
+``add_to`` names the activation module (a ``nn.ReLU``) whose *input* receives the branch (a forward pre-hook, so
+that in a residual block the branch is summed with the identity shortcut before the block's last ReLU), or ``""``
+when the target is the network's output layer (the branch is added to the model's output). The branch modules live
+in ``model.skips`` (an ``nn.ModuleDict``), so :mod:`connprune.measure.sparsity` leaves them out of the prunable
+weights and :mod:`connprune.measure.heat` adds their edges to the unit graph. Hooks are bound methods of the branch
+modules, so ``copy.deepcopy`` of the model keeps them pointing at the copied branches.
+
+Placement (:func:`plan`; reconstructed where the paper is silent, see ``shared/specs/n2nskip.md`` §3.2):
+
+- ``chain`` (plain conv nets and MLPs; the default when the graph has no residual adds): the layers in forward
+  order are cut into consecutive blocks of ``span`` (k, default 3) weight layers and each block gets one skip from
+  its first layer's input to its last layer's pre-activation (Fig. 2: a skip across three conv layers). Sites whose
+  source and target are not both convs or both linear layers are left out. ``every``: one skip starting at every
+  layer (overlapping spans). With ``auto`` only, a network too short for any span-k site (LeNet-5's conv → linear
+  boundary) gets the longest shorter span that places one; the span used is in every site (and spec).
+- ``blocks`` (the default for residual networks): one skip per residual block, from the block input (the input of
+  its ``conv1``) to its last conv (``conv2`` of a basic block, ``conv3`` of a bottleneck), summed with the identity
+  shortcut before the block's final ReLU; the spatial reduction is done by the branch conv's stride.
+
+Spatial mismatches in chains (VGG's max-pools inside a span) are bridged as in the code release:
+``pool(relu(bn(conv_s(a^l))))`` with a max-pool to the target's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from connprune.errors import UserError
+from connprune.graph import build
+from connprune.measure.sparsity import SKIP_MARKER
+from connprune.surgery import edits
+
+CONTAINER = "skips"
+"""Attribute of the model holding the branches (contains the ``skip`` marker of :mod:`connprune.measure.sparsity`)."""
+
+Placement = Literal["auto", "chain", "every", "blocks"]
+
+
+@dataclass(frozen=True)
+class SkipSite:
+    """Where one skip goes and the shapes it bridges (the part of an edit spec that :func:`plan` decides)."""
+
+    source: str
+    """Weight layer whose input is the skip's input ``a^l``."""
+    target: str
+    """Weight layer whose pre-activation ``z^{l+k}`` receives the skip."""
+    add_to: str
+    """Activation module whose input receives the branch; ``""`` = the model's output."""
+    in_units: int
+    out_units: int
+    kernel_size: int
+    """Branch conv kernel (1 for linear branches)."""
+    stride: int
+    output_size: tuple[int, int] | None
+    """Target's spatial size (``None`` for linear branches)."""
+    conv: bool
+    span: int = 3
+    """Weight layers the skip spans (k)."""
+
+    @property
+    def kernel_area(self) -> int:
+        """Weights per connection (kept unit pair): ``f·f`` for a conv branch, 1 for a linear one."""
+        return self.kernel_size * self.kernel_size if self.conv else 1
+
+    @property
+    def pairs(self) -> int:
+        """Unit pairs (connections) the branch could hold: ``out_units · in_units``."""
+        return self.in_units * self.out_units
+
+    def spec(self, name: str, kind: Literal["n2n", "res"], connections: int = 0, seed: int = 0) -> dict[str, Any]:
+        """The JSON edit spec for this site (without ``op``, as :attr:`PruningResult.skips` holds it)."""
+        return {"name": name, "kind": kind, "source": self.source, "target": self.target, "add_to": self.add_to,
+                "in_units": self.in_units, "out_units": self.out_units, "kernel_size": self.kernel_size,
+                "stride": self.stride, "output_size": list(self.output_size) if self.output_size else None,
+                "connections": int(connections), "seed": int(seed), "span": self.span}
+
+
+def _is_skip(name: str) -> bool:
+    return any(SKIP_MARKER in part for part in name.split("."))
+
+
+def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dict[str, tuple[int, ...]],
+                                                                     dict[str, tuple[int, ...]]]:
+    """Leaf modules in execution order with their input and output shapes (one forward pass, batch of 2)."""
+    order: list[str] = []
+    in_shapes: dict[str, tuple[int, ...]] = {}
+    out_shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def recorder(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            order.append(name)
+            in_shapes[name] = tuple(inputs[0].shape[1:])
+            out_shapes[name] = tuple(output.shape[1:])
+        return hook
+
+    for name, module in model.named_modules():
+        if name and not list(module.children()) and not _is_skip(name):
+            handles.append(module.register_forward_hook(recorder(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            parameter = next(model.parameters())
+            model(torch.zeros(2, *input_shape, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return order, in_shapes, out_shapes
+
+
+def _activation_after(order: list[str], modules: Mapping[str, nn.Module], target: str,
+                      output_layers: Sequence[str]) -> str:
+    """The ReLU that turns ``target``'s pre-activation into its activation (``""``: target is an output layer)."""
+    if target in output_layers:
+        return ""
+    position = order.index(target) + 1
+    if position < len(order) and isinstance(modules[order[position]], nn.modules.batchnorm._BatchNorm):
+        position += 1
+    if position < len(order) and isinstance(modules[order[position]], nn.ReLU):
+        return order[position]
+    raise UserError(f"layer {target!r} is not followed by (BatchNorm and) a ReLU module, so a skip cannot be "
+                    "added to its pre-activation; choose another span or placement")
+
+
+def _site(model: nn.Module, source: str, target: str, order: list[str], in_shapes: Mapping[str, tuple[int, ...]],
+          out_shapes: Mapping[str, tuple[int, ...]], output_layers: Sequence[str], kernel_size: int | None,
+          use_stride: bool, span: int) -> SkipSite | None:
+    modules = dict(model.named_modules())
+    src, dst = modules[source], modules[target]
+    src_shape, dst_shape = in_shapes[source], out_shapes[target]
+    if isinstance(src, nn.Conv2d) and isinstance(dst, nn.Conv2d):
+        kernel = kernel_size if kernel_size is not None else src.kernel_size[0]
+        stride = 1
+        if use_stride and src_shape[1] > dst_shape[1]:
+            stride = max(1, round(src_shape[1] / dst_shape[1]))
+        return SkipSite(source, target, _activation_after(order, modules, target, output_layers), src.in_channels,
+                        dst.out_channels, kernel, stride, (dst_shape[1], dst_shape[2]), conv=True, span=span)
+    if isinstance(src, nn.Linear) and isinstance(dst, nn.Linear):
+        return SkipSite(source, target, _activation_after(order, modules, target, output_layers), src.in_features,
+                        dst.out_features, 1, 1, None, conv=False, span=span)
+    return None
+
+
+def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement: Placement = "auto",
+         kernel_size: int | None = None) -> list[SkipSite]:
+    """Skip sites for ``model`` (see the module docstring), derived from its layer graph (:func:`graph.build`).
+
+    ``span``: k, the number of weight layers a ``chain`` skip spans (the paper's Fig. 2: 3). ``kernel_size``:
+    the branch convs' kernel (``None``: the source layer's kernel, 3 in VGG, 1 in a bottleneck).
+    """
+    if span < 2:
+        raise UserError(f"a skip must span at least 2 weight layers (span={span}); the paper uses 3")
+    with detached(model):
+        graph = build(model, tuple(input_shape))
+        order, in_shapes, out_shapes = _trace(model, input_shape)
+    layers = [name for name in graph.layers if not _is_skip(name)]
+    residual = any(pair.residual for pair in graph.pairs)
+    shorter_allowed = placement == "auto"
+    if placement == "auto":
+        placement = "blocks" if residual else "chain"
+    sites: list[SkipSite] = []
+    if placement in ("chain", "every"):
+        if residual:
+            raise UserError("placement='chain'/'every' needs a plain chain of layers; this model has residual adds "
+                            "— use placement=blocks")
+        spans = range(span, 1, -1) if shorter_allowed else (span,)
+        for length in spans:  # auto: the longest span ≤ ``span`` that places at least one skip (e.g. LeNet-5: 2)
+            starts = range(0, len(layers), length) if placement == "chain" else range(len(layers))
+            for start in starts:
+                end = start + length - 1
+                if end < len(layers):
+                    site = _site(model, layers[start], layers[end], order, in_shapes, out_shapes,
+                                 graph.output_layers, kernel_size, use_stride=False, span=length)
+                    if site is not None:
+                        sites.append(site)
+            if sites:
+                break
+    elif placement == "blocks":
+        for name, module in model.named_modules():
+            if not (hasattr(module, "downsample") and hasattr(module, "conv1") and hasattr(module, "conv2")):
+                continue
+            last = "conv3" if hasattr(module, "conv3") else "conv2"
+            site = _site(model, f"{name}.conv1", f"{name}.{last}", order, in_shapes, out_shapes,
+                         graph.output_layers, kernel_size, use_stride=True, span=3 if last == "conv3" else 2)
+            if site is not None:
+                sites.append(site)
+        if not sites:
+            raise UserError("placement='blocks' found no residual blocks (modules with conv1, conv2 and "
+                            "downsample); use placement=chain for plain networks")
+    else:
+        raise UserError(f"unknown skip placement {placement!r}; choose auto, chain, every or blocks")
+    if not sites:
+        raise UserError(f"no skip fits this model with span={span} and placement={placement!r}: a site needs "
+                        f"{span} consecutive weight layers starting and ending with the same kind (conv or linear)")
+    return sites
+
+
+# --- the branches -----------------------------------------------------------------------------------------------
+
+class _Branch(nn.Module):
+    """Common part: remembers ``a^l`` (pre-hook on the source) and adds the branch output at ``add_to``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._remembered: torch.Tensor | None = None
+        self.attached = True
+        """False inside :func:`detached`: the hooks do nothing (the model computes its sequential network)."""
+
+    def remember(self, module: nn.Module, inputs: tuple) -> None:
+        """Forward pre-hook on the source layer: keep its input ``a^l`` for this forward pass."""
+        if self.attached:
+            self._remembered = inputs[0]
+
+    def _take(self) -> torch.Tensor:
+        remembered, self._remembered = self._remembered, None
+        if remembered is None:
+            raise RuntimeError("skip branch ran before its source layer; the skip plan does not match the model")
+        return remembered
+
+    def inject(self, module: nn.Module, inputs: tuple) -> tuple:
+        """Forward pre-hook on the target's activation: ``z^{l+k} + branch(a^l)``."""
+        if not self.attached:
+            return None
+        return (inputs[0] + self(self._take()),) + tuple(inputs[1:])
+
+    def inject_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the model when the target is the output layer."""
+        if not self.attached:
+            return None
+        return output + self(self._take())
+
+
+class SparseSkip(_Branch):
+    """N2NSkip branch ``g(bn(conv_s(a^l)))`` (Eq. 2), max-pooled to the target's size where a chain crosses pools."""
+
+    def __init__(self, site_spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        in_units, out_units = int(site_spec["in_units"]), int(site_spec["out_units"])
+        self.output_size = tuple(site_spec["output_size"]) if site_spec.get("output_size") else None
+        if self.output_size is not None:
+            kernel = int(site_spec["kernel_size"])
+            self.conv = nn.Conv2d(in_units, out_units, kernel, stride=int(site_spec["stride"]), padding=kernel // 2,
+                                  bias=False)
+            self.bn = nn.BatchNorm2d(out_units)
+            nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")  # as the zoo's convs
+        else:
+            self.conv = nn.Linear(in_units, out_units, bias=False)
+            self.bn = nn.BatchNorm1d(out_units)
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn(self.conv(x)))
+        if self.output_size is not None and tuple(out.shape[-2:]) != self.output_size:
+            out = F.adaptive_max_pool2d(out, self.output_size)
+        return out
+
+
+class ResidualSkip(_Branch):
+    """ResSkip branch (Eq. 1): ``a^l`` itself, average-pooled to the target's size and zero-padded in channels."""
+
+    def __init__(self, site_spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.in_units, self.out_units = int(site_spec["in_units"]), int(site_spec["out_units"])
+        if self.in_units > self.out_units:
+            raise UserError(f"a parameter-free skip cannot map {self.in_units} units onto {self.out_units}; "
+                            "leave this site out or use an N2NSkip branch")
+        self.output_size = tuple(site_spec["output_size"]) if site_spec.get("output_size") else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output_size is not None and tuple(x.shape[-2:]) != self.output_size:
+            x = F.adaptive_avg_pool2d(x, self.output_size)
+        pad = self.out_units - self.in_units
+        if pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, pad) if x.dim() == 4 else (0, pad))
+        return x
+
+
+def connection_mask(site_spec: Mapping[str, Any], weight_shape: Sequence[int]) -> torch.Tensor:
+    """The fixed keep-mask of a sparse branch: exactly ``connections`` random (out, in) unit pairs (seeded by the
+    spec's ``seed``), each keeping its whole kernel slice, so the mask is constant over kernel positions."""
+    out_units, in_units = int(weight_shape[0]), int(weight_shape[1])
+    connections = int(site_spec.get("connections", 0))
+    if not 0 <= connections <= out_units * in_units:
+        raise UserError(f"skip {site_spec.get('name')!r}: connections={connections} is outside [0, "
+                        f"{out_units * in_units}] (out_units × in_units)")
+    generator = torch.Generator().manual_seed(int(site_spec.get("seed", 0)))
+    chosen = torch.randperm(out_units * in_units, generator=generator)[:connections]
+    pairs = torch.zeros(out_units * in_units, dtype=torch.bool)
+    pairs[chosen] = True
+    pairs = pairs.view(out_units, in_units)
+    return pairs.view(out_units, in_units, *([1] * (len(weight_shape) - 2))).expand(*weight_shape).clone()
+
+
+_REQUIRED = ("name", "kind", "source", "target", "add_to", "in_units", "out_units")
+
+
+@edits.register("skip")
+def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Structural edit ``skip``: add one branch (spec in the module docstring) and hook it into the forward pass.
+
+    Returns ``masks`` plus the branch's fixed connection mask (N2NSkip); the masked branch weights are zeroed.
+    """
+    missing = [key for key in _REQUIRED if key not in spec]
+    if missing:
+        raise UserError(f"skip edit is missing {', '.join(missing)}; build skip specs with "
+                        "connprune.surgery.skips.plan(...)[i].spec(...)")
+    modules = dict(model.named_modules())
+    for role in ("source", "target"):
+        layer = modules.get(spec[role])
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or _is_skip(spec[role]):
+            raise UserError(f"skip {role} {spec[role]!r} is not a conv/linear layer of the model")
+    if spec["add_to"] and not isinstance(modules.get(spec["add_to"]), nn.ReLU):
+        raise UserError(f"skip add_to {spec['add_to']!r} is not a ReLU module of the model")
+    name = str(spec["name"])
+    if "." in name or not name:
+        raise UserError(f"skip name {name!r} must be a non-empty name without dots")
+    container = getattr(model, CONTAINER, None)
+    if container is None:
+        container = nn.ModuleDict()
+        model.add_module(CONTAINER, container)
+    elif not isinstance(container, nn.ModuleDict):
+        raise UserError(f"the model already has an attribute {CONTAINER!r} that is not a skip container")
+    if name in container:
+        raise UserError(f"the model already has a skip named {name!r}")
+    kind = spec["kind"]
+    if kind == "n2n":
+        branch: _Branch = SparseSkip(spec)
+    elif kind == "res":
+        branch = ResidualSkip(spec)
+    else:
+        raise UserError(f"unknown skip kind {kind!r}; choose n2n (sparse, Eq. 2) or res (dense, Eq. 1)")
+    source_param = next(modules[spec["source"]].parameters())
+    branch.to(device=source_param.device, dtype=source_param.dtype)
+    mask = connection_mask(spec, branch.conv.weight.shape).to(source_param.device) \
+        if isinstance(branch, SparseSkip) else None  # validates ``connections`` before the model changes
+    container[name] = branch
+    modules[spec["source"]].register_forward_pre_hook(branch.remember)
+    if spec["add_to"]:
+        modules[spec["add_to"]].register_forward_pre_hook(branch.inject)
+    else:
+        model.register_forward_hook(branch.inject_output)
+    masks = dict(masks)
+    if mask is not None:
+        key = f"{CONTAINER}.{name}.conv.weight"
+        with torch.no_grad():
+            branch.conv.weight.mul_(mask.to(branch.conv.weight.dtype))
+        masks[key] = mask
+    return masks
+
+
+def branches(model: nn.Module) -> dict[str, _Branch]:
+    """The model's skip branches by name (empty for a model without skips)."""
+    container = getattr(model, CONTAINER, None)
+    if not isinstance(container, nn.ModuleDict):
+        return {}
+    return {name: branch for name, branch in container.items() if isinstance(branch, _Branch)}
+
+
+@contextlib.contextmanager
+def detached(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block ``model`` is its sequential (pruned) network: the skip hooks do nothing and the branch
+    container is taken off the module tree (so :func:`connprune.graph.build` traces, and caches, the sequential
+    layers only, each residual add seen once). Used to derive the layer graph of a model that has skips."""
+    found = list(branches(model).values())
+    if not found:
+        yield model
+        return
+    states = [branch.attached for branch in found]
+    container = model._modules.pop(CONTAINER)
+    for branch in found:
+        branch.attached = False
+    try:
+        yield model
+    finally:
+        model._modules[CONTAINER] = container
+        for branch, state in zip(found, states):
+            branch.attached = state
+
+
+def branch_edges(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) \
+        -> list[tuple[str, str, torch.Tensor]]:
+    """``(source, target, weight [out, in(, f, f)])`` of every recorded skip, for the ``extra_edges`` of
+    :func:`connprune.measure.heat.unit_graph`: a sparse branch's masked weight (its kernel slices are the edges), or
+    for a ResSkip the identity map of unit ``i`` onto unit ``i`` (a dense parameter-free connection per unit)."""
+    found = branches(model)
+    edges = []
+    for spec in edits.recorded(model):
+        if spec.get("op") != "skip" or str(spec.get("name")) not in found:
+            continue
+        branch = found[str(spec["name"])]
+        if isinstance(branch, SparseSkip):
+            weight = branch.conv.weight.detach()
+            key = f"{CONTAINER}.{spec['name']}.conv.weight"
+            if masks is not None and key in masks:
+                weight = weight * masks[key].to(weight.device, weight.dtype)
+        else:
+            weight = torch.eye(int(spec["out_units"]), int(spec["in_units"]))
+        edges.append((str(spec["source"]), str(spec["target"]), weight))
+    return edges
+
+
+def skip_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The masks of skip weights among ``masks``."""
+    return {name: mask for name, mask in masks.items() if _is_skip(name)}
+
+
+__all__ = ["CONTAINER", "ResidualSkip", "SkipSite", "SparseSkip", "add_skip", "branch_edges", "branches",
+           "connection_mask", "detached", "plan", "skip_masks"]
