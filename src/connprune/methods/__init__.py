@@ -38,15 +38,11 @@ def create(name: str, **params: Any) -> PruningMethod:
     return get(name)(**params)
 
 
-# Each module registers its method(s) on import; this order is the order `connprune methods` lists them in.
-BUILTIN = ["random", "magnitude", "l1_filter", "snip", "mint", "snacs", "gcnet", "kfac", "network_slimming",
-           "n2nskip", "layer_sparsity", "l1_regularised"]
-
-
 def _load_builtin() -> None:
-    from connprune.utils.plugins import import_builtin
-
-    import_builtin("connprune.methods", BUILTIN)
+    # Each module registers its method(s) on import; this order is the order `connprune methods` lists them in.
+    from connprune.methods import random, magnitude, l1_filter, snip  # noqa: F401  (baselines)
+    from connprune.methods import mint, snacs, gcnet, kfac, network_slimming  # noqa: F401
+    from connprune.methods import n2nskip, layer_sparsity, l1_regularised  # noqa: F401
 
 
 __all__ = ["Kind", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity", "create", "get",

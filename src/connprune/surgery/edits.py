@@ -40,9 +40,7 @@ def register(op: str) -> Callable[[Edit], Edit]:
 
 def _load_builtin() -> None:
     # The modules implementing edits register them on import.
-    from connprune.utils.plugins import import_builtin
-
-    import_builtin("connprune.surgery", ["merge", "skips"])
+    from connprune.surgery import merge, skips  # noqa: F401
 
 
 def perform(model: nn.Module, spec: Mapping[str, Any], masks: Masks | None = None) -> Masks:
