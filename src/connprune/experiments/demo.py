@@ -115,7 +115,8 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, epochs: int = 30, progress: 
                          title=f"{PRUNED_MODEL} on digits: every method that prunes it")
     report = out_dir / "report.md"
     others = sorted({settings(m)[0] for m in methods.names()} - {PRUNED_MODEL})
-    prune_rows = [[r["method"], r["kind"], r["model"], r["target_sparsity"], r["achieved_sparsity"], r["params_after"],
+    prune_rows = [[r["method"], r["kind"], r["model"], r["target_sparsity"], r["achieved_sparsity"],
+                   r["nonzero_weights"], r["params_after"],
                    r["macs_after"], r["acc_pruned"], r["acc_after"], r["shift_acc_after"]["mean"],
                    f"{r['prune_seconds']:.2f}"] for r in results["pruning"]]
     rows = [[n, r["params"], r["macs"], r["accuracy"], r["shift"]["mean"], f"{r['train_seconds']:.1f}"]
@@ -135,7 +136,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, epochs: int = 30, progress: 
         f". Methods that prune a trained model fine-tune {FINETUNE_EPOCHS} epochs with the masks enforced; methods "
         f"that prune at initialisation or while training train for {epochs} epochs (and may refit after surgery). "
         f"Dense accuracy: " + ", ".join(f"{n} {results['models'][n]['accuracy']:.4f}" for n in DEMO_MODELS) + ".",
-        markdown_table(["method", "kind", "model", "target", "achieved sparsity", "params", "MACs", "acc pruned",
+        markdown_table(["method", "kind", "model", "target", "achieved sparsity", "non-zero weights", "params", "MACs", "acc pruned",
                         "acc after", "shifted acc", "prune s"], prune_rows),
         "![accuracy vs sparsity](accuracy_vs_sparsity.png)",
         "## Dense accuracy per corruption (mean over severities 1–5)",

@@ -16,7 +16,7 @@ from connprune.data import DatasetInfo, ImageData
 from connprune.data.shift import robustness
 from connprune.errors import UserError
 from connprune.measure import cost
-from connprune.measure.sparsity import count_prunable
+from connprune.measure.sparsity import count_nonzero, count_prunable
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
 from connprune.surgery import MaskEnforcer, apply_masks
@@ -164,6 +164,7 @@ def prune_model(
         "method": method.name, "model": getattr(model, "connprune_arch", type(model).__name__), "data": info.name,
         "seed": seed, "target_sparsity": sparsity,
         "achieved_sparsity": sparsity_of(model, masks, prunable_before),
+        "nonzero_weights": count_nonzero(model, masks, include_skips=True),
         "params_before": before.params, "params_after": after.params,
         "macs_before": before.macs, "macs_after": after.macs,
         "acc_before": acc_before, "acc_pruned": acc_pruned, "acc_after": acc_after,

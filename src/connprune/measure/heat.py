@@ -62,7 +62,7 @@ from torch import nn
 
 from connprune.errors import UserError
 from connprune.graph.dependency import build, is_depthwise
-from connprune.measure.sparsity import SKIP_MARKER
+from connprune.measure.sparsity import is_skip
 
 SATURATION = 0.97
 """α level that defines the saturation time t* (the horizontal line of the paper's Fig. 4)."""
@@ -110,10 +110,6 @@ class UnitGraph:
         """Node indices of block ``name`` as a slice."""
         start, size = self.offsets[name]
         return slice(start, start + size)
-
-
-def _is_skip(name: str) -> bool:
-    return any(SKIP_MARKER in part for part in name.split("."))
 
 
 def _as_numpy(weight: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -187,7 +183,7 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
     names: list[str] = []
     sources: list[tuple[int, int]] = []
     total = 0
-    main = [name for name in graph.layers if not _is_skip(name)]
+    main = [name for name in graph.layers if not is_skip(name)]
     for name in main:
         n_in = width(name)[0] // features.get(name, 1)
         offsets[f"{name}:in"] = (total, n_in)
@@ -210,7 +206,7 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
         by_parents.setdefault(tuple(sorted(parents[name])), name)
     input_block: dict[str, str] = {f"{name}": f"{name}:in" for name in main}
     for name in graph.layers:
-        if _is_skip(name):
+        if is_skip(name):
             twin = by_parents.get(tuple(sorted(parents[name])))
             if twin is None:
                 raise UserError(f"skip module {name!r} reads units no main layer reads; pass it as an extra edge")
@@ -219,7 +215,7 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
     def output_blocks(layer: str) -> list[tuple[int, int]]:
         if layer in graph.output_layers:
             return [offsets["classes"]]
-        blocks = [offsets[f"{child}:in"] for child in children[layer] if not _is_skip(child)]
+        blocks = [offsets[f"{child}:in"] for child in children[layer] if not is_skip(child)]
         if not blocks:
             raise UserError(f"layer {layer!r} feeds no other weight layer and not the output; its output units "
                             "have no node")
@@ -478,8 +474,8 @@ def heat_distance(reference_model: nn.Module, pruned_model: nn.Module, input_sha
     must have the reference's layer shapes (masked, not physically shrunk: kept indices are not recorded).
     """
     ref_widths, pruned_widths = _widths(reference_model), _widths(pruned_model)
-    if {k: v for k, v in ref_widths.items() if not _is_skip(k)} != \
-            {k: v for k, v in pruned_widths.items() if not _is_skip(k)}:
+    if {k: v for k, v in ref_widths.items() if not is_skip(k)} != \
+            {k: v for k, v in pruned_widths.items() if not is_skip(k)}:
         changed = sorted(k for k in ref_widths if pruned_widths.get(k) != ref_widths[k])
         raise UserError(f"the pruned model's layers differ in shape from the reference's ({', '.join(changed[:3])}"
                         "); F compares the same units, so it needs a masked (unshrunk) model — prune with "

@@ -14,11 +14,17 @@ from torch import nn
 SKIP_MARKER = "skip"
 
 
-def prunable_weights(model: nn.Module) -> dict[str, torch.nn.Parameter]:
-    """Parameter name → weight of every conv/linear layer that counts towards sparsity (skips excluded)."""
+def is_skip(name: str) -> bool:
+    """Whether module or parameter ``name`` belongs to an added skip branch (not a prunable weight)."""
+    return SKIP_MARKER in name
+
+
+def prunable_weights(model: nn.Module, include_skips: bool = False) -> dict[str, torch.nn.Parameter]:
+    """Parameter name → weight of every conv/linear layer that counts towards sparsity (skips excluded unless
+    ``include_skips``)."""
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and not any(SKIP_MARKER in p for p in name.split(".")):
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and (include_skips or not is_skip(name)):
             found[f"{name}.weight" if name else "weight"] = module.weight
     return found
 
@@ -28,10 +34,12 @@ def count_prunable(model: nn.Module) -> int:
     return sum(w.numel() for w in prunable_weights(model).values())
 
 
-def count_nonzero(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> int:
-    """Non-zero prunable weights, after applying ``masks`` (parameter name → keep-mask) if given."""
+def count_nonzero(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None,
+                  include_skips: bool = False) -> int:
+    """Non-zero prunable weights, after applying ``masks`` (parameter name → keep-mask) if given; with
+    ``include_skips`` the weights of added skip branches count too (N2NSkip's equal-budget comparisons)."""
     total = 0
-    for name, weight in prunable_weights(model).items():
+    for name, weight in prunable_weights(model, include_skips).items():
         kept = weight.detach() != 0
         if masks is not None and name in masks:
             kept &= masks[name].to(kept.device, torch.bool)

@@ -56,7 +56,7 @@ from torch import nn
 
 from connprune.errors import UserError
 from connprune.graph import build
-from connprune.measure.sparsity import SKIP_MARKER
+from connprune.measure.sparsity import is_skip
 from connprune.surgery import edits
 
 CONTAINER = "skips"
@@ -104,10 +104,6 @@ class SkipSite:
                 "connections": int(connections), "seed": int(seed), "span": self.span}
 
 
-def _is_skip(name: str) -> bool:
-    return any(SKIP_MARKER in part for part in name.split("."))
-
-
 def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dict[str, tuple[int, ...]],
                                                                      dict[str, tuple[int, ...]]]:
     """Leaf modules in execution order with their input and output shapes (one forward pass, batch of 2)."""
@@ -124,7 +120,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dic
         return hook
 
     for name, module in model.named_modules():
-        if name and not list(module.children()) and not _is_skip(name):
+        if name and not list(module.children()) and not is_skip(name):
             handles.append(module.register_forward_hook(recorder(name)))
     was_training = model.training
     model.eval()
@@ -184,7 +180,7 @@ def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement:
     with detached(model):
         graph = build(model, tuple(input_shape))
         order, in_shapes, out_shapes = _trace(model, input_shape)
-    layers = [name for name in graph.layers if not _is_skip(name)]
+    layers = [name for name in graph.layers if not is_skip(name)]
     residual = any(pair.residual for pair in graph.pairs)
     shorter_allowed = placement == "auto"
     if placement == "auto":
@@ -338,7 +334,7 @@ def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.T
     modules = dict(model.named_modules())
     for role in ("source", "target"):
         layer = modules.get(spec[role])
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or _is_skip(spec[role]):
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or is_skip(spec[role]):
             raise UserError(f"skip {role} {spec[role]!r} is not a conv/linear layer of the model")
     if spec["add_to"] and not isinstance(modules.get(spec["add_to"]), nn.ReLU):
         raise UserError(f"skip add_to {spec['add_to']!r} is not a ReLU module of the model")
@@ -432,7 +428,7 @@ def branch_edges(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = No
 
 def skip_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The masks of skip weights among ``masks``."""
-    return {name: mask for name, mask in masks.items() if _is_skip(name)}
+    return {name: mask for name, mask in masks.items() if is_skip(name)}
 
 
 __all__ = ["CONTAINER", "ResidualSkip", "SkipSite", "SparseSkip", "add_skip", "branch_edges", "branches",
