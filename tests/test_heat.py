@@ -197,6 +197,8 @@ def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
         results[name] = json.loads(capsys.readouterr().out)
     assert results["ref"]["heat_distance"] == 0.0
     assert results["pruned"]["heat_distance"] > 0.0 and results["pruned"]["heat_t"] > 0.0
+    assert results["pruned"]["heat_distance_by_t"]["1t*"] == pytest.approx(results["pruned"]["heat_distance"])
+    assert set(results["ref"]["heat_distance_by_t"].values()) == {0.0}
     monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / "pruned"),
                                       "--connectivity", str(tmp_path / "ref"), "--heat-taps", "first",
                                       "--scree", str(tmp_path / "scree.png"), "--json"])

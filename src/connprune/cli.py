@@ -119,6 +119,10 @@ def train(
     emit(result, as_json, table)
 
 
+HEAT_T_MULTIPLES = (1, 10, 100)
+"""``eval --connectivity`` reports F at these multiples of the reference's saturation time t*."""
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint directory."),
@@ -174,10 +178,13 @@ def eval_cmd(
         result["heat_distance"] = heat.heat_distance(reference.model, loaded.model, shape, masks=loaded.masks,
                                                      t=result["heat_t"], reference_masks=reference.masks,
                                                      taps=heat_taps)
+        pruned_graph = heat.unit_graph(loaded.model, shape, masks=loaded.masks, taps=heat_taps)
+        result["heat_distance_by_t"] = {  # F on a grid of t: towards saturation it measures disconnected units
+            f"{m}t*": heat.signature_distance(graph, pruned_graph, m * result["heat_t"]) for m in HEAT_T_MULTIPLES}
         if scree is not None:
-            pruned_graph = heat.unit_graph(loaded.model, shape, masks=loaded.masks, taps=heat_taps)
             result["scree"] = str(heat.scree_plot({"reference": graph, "checkpoint": pruned_graph}, scree))
         rows += [[k, result[k]] for k in ("heat_distance", "heat_t")]
+        rows += [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))
 
