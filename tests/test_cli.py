@@ -63,3 +63,24 @@ def test_user_errors_exit_2_with_one_line(monkeypatch, capsys, args, needle):
         return
     assert code == 2 and needle in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_model_param_builds_the_model_it_names(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "wide"
+    code, _, _ = run_cli(monkeypatch, capsys, "train", "--model", "mlp", "--data", "digits", "--epochs", "1",
+                         "--model-param", "widths=[24,12]", "--out", str(out), "--json")
+    assert code == 0
+    from connprune import checkpoint
+
+    model = checkpoint.load(out)
+    assert model.connprune_config["widths"] == [24, 12]
+    code, out_text, _ = run_cli(monkeypatch, capsys, "prune", "--method", "snip", "--model", "mlp", "--data",
+                                "digits", "--epochs", "0", "--model-param", "widths=[24,12]", "--sparsity", "0.5",
+                                "--out", str(tmp_path / "snip"), "--json")
+    assert code == 0 and json.loads(out_text)["params_before"] == 64 * 24 + 24 + 24 * 12 + 12 + 12 * 10 + 10
+    code, _, err = run_cli(monkeypatch, capsys, "prune", "--method", "magnitude", "--checkpoint", str(out),
+                           "--model-param", "widths=[8]", "--out", str(tmp_path / "x"))
+    assert code == 2 and "drop --model-param" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "mlp", "--model-param", "num_classes=3",
+                           "--out", str(tmp_path / "y"))
+    assert code == 2 and "come from the data set" in err

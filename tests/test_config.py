@@ -108,3 +108,14 @@ def test_paper_numbers_are_checked():
 def test_shipped_configs_validate(path):
     loaded = load_config(path)
     assert path.read_text().startswith("#") and expand(loaded)
+
+
+def test_model_options_are_validated_and_change_the_hash():
+    plain = parse_config(BASE)
+    wide = parse_config(BASE.replace("data: digits", "model-options: {mlp: {widths: [32, 32]}}\ndata: digits"))
+    assert wide.config.model_options == {"mlp": {"widths": [32, 32]}} and wide.hash != plain.hash
+    assert "no config key 'wibble'" in error_of(BASE.replace("data: digits",
+                                                             "model-options: {mlp: {wibble: 1}}\ndata: digits"))
+    assert "not in models" in error_of(BASE.replace("data: digits", "model-options: {lenet5: {}}\ndata: digits"))
+    assert "come from the data set" in error_of(BASE.replace("data: digits",
+                                                             "model-options: {mlp: {num_classes: 3}}\ndata: digits"))

@@ -24,6 +24,8 @@ _state = {"debug": False}
 
 DataDirOpt = typer.Option(None, "--data-dir", help="Where data sets live (default: $CONNPRUNE_DATA or ./data).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
+ModelParamOpt = typer.Option([], "--model-param", help="Model constructor option key=value, repeatable (e.g. "
+                             "small_input=true, widths=[512,512,512]; see `connprune models`).")
 
 
 @app.callback()
@@ -105,15 +107,17 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last finished epoch."),
+    model_param: list[str] = ModelParamOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a dense model and write a checkpoint directory."""
-    from connprune.experiments.jobs import train_dense
+    from connprune.experiments.jobs import parse_param_values, train_dense
 
     overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer).items()
                  if v is not None}
     result = train_dense(model, data, out_dir, data_dir=data_dir, seed=seed, resume=resume,
-                         progress=not as_json, **overrides)
+                         progress=not as_json, model_config=parse_param_values(model_param, "--model-param"),
+                         **overrides)
     table = make_table(f"trained {model} on {data} → {out_dir}", ["metric", "value"],
                        [[k, v] for k, v in result.items() if not isinstance(v, (dict, list))])
     emit(result, as_json, table)
@@ -210,6 +214,7 @@ def prune(
     data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the checkpoint's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="For at-initialisation methods: epochs to train."),
     param: list[str] = typer.Option([], "--param", help="Method parameter key=value (repeatable)."),
+    model_param: list[str] = ModelParamOpt,
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Fine-tune with masks enforced."),
     data_dir: Optional[Path] = DataDirOpt,
     shift: str = typer.Option("none", "--shift", help="Evaluate under shift before and after (see eval)."),
@@ -224,7 +229,8 @@ def prune(
     metrics = prune_job(method, parse_sparsity(sparsity), out_dir, checkpoint_dir=checkpoint, model_name=model,
                         data_name=data, epochs=epochs, params=parse_param_values(param),
                         finetune_epochs=finetune_epochs, data_dir=data_dir, shift=shift, seed=seed,
-                        shrink=not no_shrink, progress=not as_json)
+                        shrink=not no_shrink, progress=not as_json,
+                        model_config=parse_param_values(model_param, "--model-param"))
     shown = ["target_sparsity", "achieved_sparsity", "params_before", "params_after", "macs_before", "macs_after",
              "acc_before", "acc_after", "prune_seconds", "finetune_seconds"]
     emit(metrics, as_json, make_table(f"{method} → {out_dir}", ["metric", "value"],

@@ -7,6 +7,7 @@ the paper's numbers to compare with::
     name: baselines-fmnist
     description: LeNet-5 on Fashion-MNIST, four baselines
     models: [lenet5]
+    model-options: {lenet5: {}}      # optional: constructor options per model (as --model-param)
     data: fashion-mnist
     data_dir: null                    # --data-dir wins; else $CONNPRUNE_DATA or ./data when null
     train: {epochs: 40, batch_size: 100, lr: 0.1}       # keys of connprune.train.recipes.TrainConfig (not seed)
@@ -32,7 +33,7 @@ Unknown keys, wrong types and unknown names are :class:`UserError`\\ s that name
 digest covers the :func:`config_hash`, the model, the method, its full parameters, the sparsity and the seed.
 
 **Config hash.** :func:`config_hash` covers what changes a run's result besides its grid coordinates: the data set,
-the resolved training recipe, the fine-tune recipe and the shift spec. Adding a sparsity, a seed or a method to a
+the resolved training recipe, the fine-tune recipe, the shift spec and the model options (when given). Adding a sparsity, a seed or a method to a
 config keeps the hash (finished runs are reused); changing the recipe changes it (every run is new).
 """
 
@@ -93,6 +94,8 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     description: str = ""
     models: list[str] = Field(min_length=1)
+    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict, alias="model-options")
+    """Constructor options per model name (e.g. ``resnet18: {small_input: true}``), as ``--model-param``."""
     data: str = "digits"
     data_dir: str | None = None
     train: dict[str, Any] = Field(default_factory=dict)
@@ -320,6 +323,18 @@ def _check_semantics(config: ExperimentConfig, locate: _Locator) -> None:
     for i, name in enumerate(config.models):
         if name not in models.names():
             fail(("models", i), f"unknown model {name!r}; choose one of: {', '.join(models.names())}")
+    for name, options in config.model_options.items():
+        if name not in config.models:
+            fail(("model-options", name), f"model {name!r} is not in models: ({', '.join(config.models)})")
+            continue
+        fixed = sorted(set(options) & {"num_classes", "in_channels", "input_size"})
+        if fixed:
+            fail(("model-options", name), f"{', '.join(fixed)} come from the data set; remove them")
+            continue
+        try:
+            models.resolve_config(name, **options)
+        except UserError as exc:
+            fail(("model-options", name), str(exc))
     if config.data not in data.names():
         fail(("data",), f"unknown data set {config.data!r}; choose one of: {', '.join(data.names())}")
     elif data.info(config.data).shift_only:
@@ -409,6 +424,8 @@ def config_hash(config: ExperimentConfig) -> str:
     """The hash of what changes a run's result besides its grid coordinates (see the module docstring)."""
     setting = {"format": FORMAT, "data": config.data, "train": config.recipe(0),
                "fine_tune": config.fine_tune.model_dump(), "shift": config.shift}
+    if config.model_options:  # only when given, so that configs without them keep their hash
+        setting["model_options"] = config.model_options
     return _digest(setting)
 
 

@@ -25,7 +25,11 @@ from connprune.utils.seed import default_device, seed_everything
 
 
 def build_model(name: str, info: DatasetInfo, seed: int, **config: Any) -> nn.Module:
-    """A fresh, seeded zoo model shaped for data set ``info`` (classes, channels, input size)."""
+    """A fresh, seeded zoo model shaped for data set ``info`` (classes, channels, input size) with constructor
+    options ``config``."""
+    fixed = sorted(set(config) & {"num_classes", "in_channels", "input_size"})
+    if fixed:
+        raise UserError(f"model option(s) {', '.join(fixed)} come from the data set ({info.name}); remove them")
     seed_everything(seed)
     channels, size, _ = info.input_shape
     return models.create(name, num_classes=info.num_classes, in_channels=channels, input_size=size, **config)
@@ -40,9 +44,11 @@ def train_dense(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    model_config: dict[str, Any] | None = None,
     **recipe: Any,
 ) -> dict[str, Any]:
-    """Train ``model_name`` on ``data_name`` and save the checkpoint to ``out_dir``; returns its metrics.
+    """Train ``model_name`` (built with constructor options ``model_config``, e.g. ``small_input`` or ``widths``)
+    on ``data_name`` and save the checkpoint to ``out_dir``; returns its metrics.
 
     The per-epoch training state lives in a hidden sibling ``.<out>.partial`` until the run finishes, so
     ``out_dir`` only ever holds a complete checkpoint; ``resume`` continues from that state.
@@ -64,7 +70,7 @@ def train_dense(
                         f"--shift {data_name}")
     train_data = data.load(data_name, "train", data_dir, seed=seed)
     test_data = data.load(data_name, "test", data_dir, seed=seed)
-    model = build_model(model_name, info, seed)
+    model = build_model(model_name, info, seed, **(model_config or {}))
     config = default_recipe(data_name, seed=seed, **recipe)
     trainer = Trainer(model, train_data, test_data, config, state_dir=state_dir, progress=progress,
                       description=f"{model_name}/{data_name}")
@@ -81,13 +87,15 @@ def train_dense(
     return metrics
 
 
-def parse_param_values(pairs: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` from ``--param`` into a dict; values parsed as JSON where they can be (numbers, bools)."""
+def parse_param_values(pairs: list[str], option: str = "--param") -> dict[str, Any]:
+    """``["k=v", ...]`` from ``--param`` (or ``option``) into a dict; values parsed as JSON where they can be
+    (numbers, bools, lists)."""
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UserError(f"--param {pair!r} is not of the form key=value (e.g. --param scope=layer)")
+            raise UserError(f"{option} {pair!r} is not of the form key=value (e.g. {option} "
+                            f"{'scope=layer' if option == '--param' else 'small_input=true'})")
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -203,6 +211,7 @@ def prune_job(
     shrink: bool = True,
     progress: bool = True,
     recipe_overrides: dict[str, Any] | None = None,
+    model_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``connprune prune``: prune a trained checkpoint (or, for methods that prune at initialisation or while
     training, a fresh ``model_name`` on ``data_name`` trained ``epochs``), evaluate, and save the pruned (physically
@@ -221,11 +230,14 @@ def prune_job(
         if not data_name:
             raise UserError(f"{checkpoint_dir}/model.json does not name its data set; pass --data NAME")
         train_epochs = finetune_epochs
+        if model_config:
+            raise UserError("--model-param configures a fresh model; a checkpoint's model is rebuilt from its "
+                            "model.json, so drop --model-param when pruning --checkpoint")
     else:
         if model_name is None or data_name is None:
             raise UserError(f"method {method_name!r} prunes at initialisation: pass --model NAME --data NAME "
                             "--epochs N instead of --checkpoint")
-        model = build_model(model_name, data.info(data_name), seed)
+        model = build_model(model_name, data.info(data_name), seed, **(model_config or {}))
         train_epochs = epochs if epochs is not None else default_recipe(data_name).epochs
     train_data = data.load(data_name, "train", data_dir, seed=seed)
     test_data = data.load(data_name, "test", data_dir, seed=seed)

@@ -65,6 +65,7 @@ class Settings:
     train_epochs: int
     fine_tune_epochs: int
     shift: str
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: bool = True
     threads: int | None = None
     parent_pid: int | None = None
@@ -162,7 +163,8 @@ def ensure_dense(settings: Settings, model: str, seed: int, store: Store) -> tup
     folder = dense_dir(settings.out_dir, model, seed)
     with file_lock(folder.parent / f".{folder.name}.lock"):
         metrics = train_dense(model, settings.data, folder, data_dir=settings.data_dir, seed=seed, resume=True,
-                              progress=settings.progress, **settings.train)
+                              progress=settings.progress, model_config=settings.model_options.get(model),
+                              **settings.train)
         key = f"{settings.config_hash}/{folder.name}"
         if not any(row["key"] == key for row in store.dense([settings.config_hash])):
             loaded = checkpoint.load_checkpoint(folder)
@@ -193,7 +195,8 @@ def execute(run: RunSpec, settings: Settings, store: Store) -> dict[str, Any]:
     else:
         seed_everything(run.seed)
         metrics = prune_job(run.method, run.sparsity, run_dir(settings.out_dir, run.key), model_name=run.model,
-                            data_name=settings.data, epochs=settings.train_epochs, **common)
+                            data_name=settings.data, epochs=settings.train_epochs,
+                            model_config=settings.model_options.get(run.model), **common)
     return {**metrics, **extra, "run_key": run.key, "label": run.label, "config_hash": run.config_hash,
             "wall_seconds": time.perf_counter() - started}
 
@@ -367,7 +370,8 @@ def run_experiment(
             shutil.rmtree(leftover, ignore_errors=True)
     settings = Settings(out_dir=str(out_dir), store_url=store_url, config_hash=loaded.hash, data=config.data,
                         data_dir=data_dir_text, train=dict(config.train), train_epochs=config.recipe()["epochs"],
-                        fine_tune_epochs=config.fine_tune.epochs, shift=config.shift, progress=progress)
+                        fine_tune_epochs=config.fine_tune.epochs, shift=config.shift,
+                        model_options=config.model_options, progress=progress)
     say(f"[bold]{loaded.name}[/]: {len(runs)} runs ({counts[DONE]} done, {counts[PENDING]} to run, "
         f"{counts[RUNNING]} running elsewhere, {counts[FAILED]} failed) → {out_dir}; store {sanitize_url(store_url)}",
         highlight=False)
