@@ -36,7 +36,7 @@ samples: it keeps the current class's reduced activations only (``N_c × Σ n_l`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -182,22 +182,24 @@ def pearson_connectivity(parent: torch.Tensor, child: torch.Tensor, labels: torc
     ``batch_size`` streams the samples through :class:`MomentSums` in chunks (the result does not depend on it
     beyond float64 rounding). Returns float64 ``(n_c, n_p)`` in [0, 1].
     """
-    total = torch.zeros(child.shape[1], parent.shape[1], dtype=torch.float64, device=parent.device)
-    used = 0
-    for c in _classes(labels):
-        index = torch.nonzero(labels == c).view(-1)
-        if index.numel() < 2:
-            continue
+    def one_class(index: torch.Tensor) -> torch.Tensor:
         sums = MomentSums(parent.shape[1], child.shape[1], parent.device)
         step = batch_size or index.numel()
         for start in range(0, index.numel(), step):
             chunk = index[start : start + step]
             sums.update(parent[chunk], child[chunk])
-        total += sums.correlation(std_guard).abs()
-        used += 1
-    if used == 0:
+        return sums.correlation(std_guard).abs()
+
+    return _class_mean(labels, one_class)
+
+
+def _class_mean(labels: torch.Tensor, per_class: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The mean of ``per_class(sample indices of class c)`` over the classes with at least 2 samples."""
+    values = [per_class(index) for c in _classes(labels)
+              if (index := torch.nonzero(labels == c).view(-1)).numel() >= 2]
+    if not values:
         raise UserError("connectivity needs at least 2 probe samples of some class; give a larger probe set")
-    return total / used
+    return torch.stack(values).mean(dim=0)
 
 
 def linfoot(mi_nats: torch.Tensor) -> torch.Tensor:
@@ -232,17 +234,7 @@ def mi_connectivity(parent: torch.Tensor, child: torch.Tensor, labels: torch.Ten
                     std_guard: float = STD_GUARD, seed: int = 0,
                     options: Mapping[str, Any] | None = None) -> torch.Tensor:
     """The MI variant of :func:`pearson_connectivity`: per-class EDGE MI → Linfoot coefficient, class mean."""
-    total = torch.zeros(child.shape[1], parent.shape[1], dtype=torch.float64, device=parent.device)
-    used = 0
-    for c in _classes(labels):
-        index = torch.nonzero(labels == c).view(-1)
-        if index.numel() < 2:
-            continue
-        total += _mi_class(parent[index], child[index], std_guard, seed, options or {})
-        used += 1
-    if used == 0:
-        raise UserError("connectivity needs at least 2 probe samples of some class; give a larger probe set")
-    return total / used
+    return _class_mean(labels, lambda index: _mi_class(parent[index], child[index], std_guard, seed, options or {}))
 
 
 # ------------------------------------------------------------------------------------------------- the probe set

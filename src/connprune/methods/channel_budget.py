@@ -86,6 +86,18 @@ def remaining_weights(graph: ModelGraph, kept: dict[str, int]) -> int:
     return total
 
 
+def smallest_ratio(achieved: Callable[[float], float], sparsity: float, steps: int = 40) -> float:
+    """The smallest removal ratio in [0, 1] whose ``achieved(ratio)`` sparsity (non-decreasing in the ratio) meets
+    ``sparsity``, by bisection; 0 for ``sparsity <= 0``."""
+    if sparsity <= 0:
+        return 0.0
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (middle, high) if achieved(middle) < sparsity else (low, middle)
+    return high
+
+
 def structured_removal(model: nn.Module, sparsity: float, data: PruneData, params: ChannelBudgetParams,
                        channel_scores: ChannelScores) -> PruningResult:
     """Remove the lowest-scoring channels of every group at one uniform ratio that meets ``sparsity``."""
@@ -105,11 +117,7 @@ def structured_removal(model: nn.Module, sparsity: float, data: PruneData, param
     def achieved(ratio: float) -> float:
         return 1.0 - remaining_weights(graph, kept_at(ratio)) / dense
 
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (middle, high) if achieved(middle) < sparsity else (low, middle)
-    ratio = high if sparsity > 0 else 0.0
+    ratio = smallest_ratio(achieved, sparsity)
     kept = kept_at(ratio)
     remove: dict[str, list[int]] = {}
     for group in groups:

@@ -48,7 +48,7 @@ from connprune.measure import curvature
 from connprune.measure.sparsity import count_prunable
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
-from connprune.methods.channel_budget import kept_channels, remaining_weights
+from connprune.methods.channel_budget import kept_channels, remaining_weights, smallest_ratio
 from connprune.surgery import MaskEnforcer, removal_masks
 from connprune.train.recipes import TrainConfig
 from connprune.train.trainer import Trainer, TrainHook, learning_rate
@@ -155,17 +155,11 @@ def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: floa
     def achieved(ratio: float) -> float:
         return 1.0 - remaining_weights(graph, {**full, **kept_at(ratio)}) / dense
 
-    if sparsity <= 0:
-        return kept_at(0.0)
     if achieved(1.0) < sparsity:
         raise UserError(f"a weight sparsity of {sparsity} cannot be reached by removing neurons of the prunable "
                         f"layers (at most {achieved(1.0):.3f}); lower --sparsity, or allow more layers "
                         "(prune_first_conv=true, prune_residual=true)")
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (middle, high) if achieved(middle) < sparsity else (low, middle)
-    return kept_at(high)
+    return kept_at(smallest_ratio(achieved, sparsity))
 
 
 def following_batchnorm(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, str]:

@@ -120,8 +120,8 @@ class _SkipMethod(PruningMethod):
     needs_trained = False
     needs_data = True
     recipe_overrides: ClassVar[dict[str, Any]] = PAPER_RECIPE
-    """The training recipe the paper uses for these networks (read by ``prune_model`` once the coordinator wires
-    it in; until then pass it as a config's ``train:``, see configs/n2nskip-cifar10-vgg19.yaml)."""
+    """The training recipe the paper uses for these networks (``prune_model`` starts from it; a config's
+    ``train:`` overrides it)."""
 
     def _scope(self) -> str:
         if self.params.base == "snip":

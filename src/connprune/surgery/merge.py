@@ -215,7 +215,7 @@ def input_is_nonnegative(model: nn.Module, layer: str) -> bool:
                 return True
             if node.target not in _RESHAPE_METHODS:
                 return False
-        else:  # placeholder: the network input itself
+        else:  # the network input itself: nothing before it rectifies it
             return False
         node = node.args[0] if node.args else None
     return False
