@@ -67,6 +67,30 @@ def test_isolated_nodes_keep_their_heat_and_f_stays_away_from_zero():
     assert heat.signature_distance(connected, graph, 1e3) > 0.1
 
 
+def test_saturated_signature_is_the_large_t_limit():
+    graph = two_components()
+    expected = [0.5] * 4 + [1 / 3] * 3  # |sources in C(i)| / |C(i)|
+    np.testing.assert_allclose(heat.saturated_signature(graph), expected, atol=1e-15)
+    np.testing.assert_allclose(heat.heat_signature(graph, 1e3), heat.saturated_signature(graph), atol=1e-8)
+    a = np.zeros((5, 5))
+    a[1, 2] = a[2, 1] = a[2, 3] = a[3, 2] = 1.0
+    isolated = heat.from_adjacency(a, [0, 1])  # 0: isolated source, 4: isolated sink
+    np.testing.assert_allclose(heat.saturated_signature(isolated), [1.0, 1 / 3, 1 / 3, 1 / 3, 0.0])
+    full = a.copy()
+    full[3, 4] = full[4, 3] = full[0, 1] = full[1, 0] = 1.0
+    other = full.copy()
+    other[0, 4] = other[4, 0] = 2.0
+    connected, different = heat.from_adjacency(full, [0, 1]), heat.from_adjacency(other, [0, 1])
+    assert heat.saturated_distance(connected, different) == pytest.approx(0.0, abs=1e-15)  # both connected
+    assert heat.saturated_distance(connected, isolated) == pytest.approx(
+        np.linalg.norm(np.full(5, 0.4) - [1.0, 1 / 3, 1 / 3, 1 / 3, 0.0]))
+    for t in (1.0, 10.0, 1e3):  # F(t) approaches F(∞)
+        assert abs(heat.signature_distance(connected, isolated, t) -
+                   heat.saturated_distance(connected, isolated)) <= 1.0 / t
+    with pytest.raises(UserError, match="node sets"):
+        heat.saturated_distance(connected, two_components())
+
+
 def test_scree_closed_forms_and_saturation():
     rng = np.random.default_rng(0)
     a = np.triu((rng.random((40, 40)) < 0.2) * 1.0, 1)
@@ -174,6 +198,25 @@ def test_f_grows_as_random_pruning_disconnects_units():
     assert means[0] == 0.0 and all(b > a for a, b in zip(means, means[1:]))
 
 
+def test_settling_time_bounds_the_distance_to_saturation():
+    graph = heat.unit_graph(small_mlp(), (1, 8, 8))
+    for tolerance in (1e-3, 1e-6):
+        t = heat.settling_time(graph, tolerance)
+        gap = np.linalg.norm(heat.heat_signature(graph, t) - heat.saturated_signature(graph))
+        assert gap <= tolerance * np.linalg.norm(graph.sources)
+        assert gap > 1e-3 * tolerance * np.linalg.norm(graph.sources)  # not far past saturation either
+    assert heat.settling_time(graph, 1e-6) == pytest.approx(2 * heat.settling_time(graph, 1e-3))
+    with pytest.raises(UserError, match="disconnected"):
+        heat.settling_time(two_components())
+    with pytest.raises(UserError, match="tolerance"):
+        heat.settling_time(graph, 0.0)
+    model = small_mlp()
+    comparison = heat.compare(model, model, (1, 8, 8), masks=random_masks(model, 0.1, 0))
+    assert comparison.distance() == pytest.approx(comparison.distance(comparison.t_settled))
+    assert comparison.summary()["heat_distance"] == pytest.approx(
+        heat.heat_distance(model, model, (1, 8, 8), masks=random_masks(model, 0.1, 0)))
+
+
 def test_f_needs_unshrunk_models():
     with pytest.raises(UserError, match="--no-shrink"):
         heat.heat_distance(small_mlp(), small_mlp(widths=(30, 16)), (1, 8, 8))
@@ -197,7 +240,11 @@ def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
         results[name] = json.loads(capsys.readouterr().out)
     assert results["ref"]["heat_distance"] == 0.0
     assert results["pruned"]["heat_distance"] > 0.0 and results["pruned"]["heat_t"] > 0.0
-    assert results["pruned"]["heat_distance_by_t"]["1t*"] == pytest.approx(results["pruned"]["heat_distance"])
+    by_t = results["pruned"]["heat_distance_by_t"]
+    assert by_t["t_sat"] == pytest.approx(results["pruned"]["heat_distance"])
+    assert set(by_t) == {"1t*", "10t*", "100t*", "t_sat", "inf"} and results["pruned"]["heat_t_star"] > 0.0
+    graph = heat.unit_graph(reference, (1, 8, 8))
+    assert results["pruned"]["heat_t"] == pytest.approx(np.log(1e6) / graph.eigenvalues()[1])
     assert set(results["ref"]["heat_distance_by_t"].values()) == {0.0}
     monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / "pruned"),
                                       "--connectivity", str(tmp_path / "ref"), "--heat-taps", "first",

@@ -124,7 +124,8 @@ def train(
 
 
 HEAT_T_MULTIPLES = (1, 10, 100)
-"""``eval --connectivity`` reports F at these multiples of the reference's saturation time t*."""
+"""``eval --connectivity`` reports F at the reference's settling time t_sat (``heat_distance``), at these multiples of
+its scree saturation time t*, and at t = ∞ (:meth:`connprune.measure.heat.HeatComparison.summary`)."""
 
 
 @app.command("eval")
@@ -177,17 +178,13 @@ def eval_cmd(
         shape = test_data.info.input_shape
         if heat_taps not in ("all", "first"):
             raise UserError(f"--heat-taps {heat_taps!r}: choose all or first")
-        graph = heat.unit_graph(reference.model, shape, masks=reference.masks, taps=heat_taps)
-        result["heat_t"] = heat.saturation_time(graph)
-        result["heat_distance"] = heat.heat_distance(reference.model, loaded.model, shape, masks=loaded.masks,
-                                                     t=result["heat_t"], reference_masks=reference.masks,
-                                                     taps=heat_taps)
-        pruned_graph = heat.unit_graph(loaded.model, shape, masks=loaded.masks, taps=heat_taps)
-        result["heat_distance_by_t"] = {  # F on a grid of t: towards saturation it measures disconnected units
-            f"{m}t*": heat.signature_distance(graph, pruned_graph, m * result["heat_t"]) for m in HEAT_T_MULTIPLES}
+        comparison = heat.compare(reference.model, loaded.model, shape, masks=loaded.masks,
+                                  reference_masks=reference.masks, taps=heat_taps)
+        result.update(comparison.summary(HEAT_T_MULTIPLES))
         if scree is not None:
-            result["scree"] = str(heat.scree_plot({"reference": graph, "checkpoint": pruned_graph}, scree))
-        rows += [[k, result[k]] for k in ("heat_distance", "heat_t")]
+            result["scree"] = str(heat.scree_plot({"reference": comparison.reference,
+                                                   "checkpoint": comparison.pruned}, scree))
+        rows += [[k, result[k]] for k in ("heat_distance", "heat_t", "heat_t_star")]
         rows += [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))
