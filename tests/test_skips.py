@@ -42,7 +42,7 @@ def add_all(model: nn.Module, shape=DIGITS, fraction: float = 0.3, kind: str = "
 
 def test_chain_plan_for_vgg_spans_three_layers_and_pools_to_the_target():
     model = models.create("vgg11", in_channels=3, input_size=32)
-    sites = skips.plan(model, (3, 32, 32))
+    sites = skips.plan(model, (3, 32, 32), placement="chain")
     # VGG-11 layers: features.0, .4, .8, .11, .15, .18, .22, .25, classifier → blocks (0-8), (11-18), (22-classifier
     # is conv→linear: left out)
     assert [(s.source, s.target) for s in sites] == [("features.0", "features.8"), ("features.11", "features.18")]
@@ -51,14 +51,19 @@ def test_chain_plan_for_vgg_spans_three_layers_and_pools_to_the_target():
     assert first.output_size == (8, 8) and first.stride == 1 and first.kernel_area == 9
     every = skips.plan(model, (3, 32, 32), placement="every")
     assert len(every) == 6 and every[1].source == "features.4"
+    assert skips.plan(model, (3, 32, 32)) == every  # auto: every layer starts a skip in a plain network
     assert {s.span for s in sites + every} == {3}
 
 
 def test_auto_placement_shortens_the_span_only_where_nothing_fits():
     lenet = models.create("lenet5", input_size=8)
-    sites = skips.plan(lenet, DIGITS)  # conv1 conv2 | fc1 fc2 fc3: no span-3 site of one kind
-    assert [(s.source, s.target, s.span) for s in sites] == [("conv1", "conv2", 2), ("fc1", "fc2", 2)]
-    assert sites[1].in_units == lenet.fc1.in_features and sites[0].spec("0", "n2n")["span"] == 2
+    sites = skips.plan(lenet, DIGITS)  # conv1 conv2 fc1 fc2 fc3: only fc1 → fc3 joins two layers of one kind
+    assert [(s.source, s.target, s.span) for s in sites] == [("fc1", "fc3", 3)]
+    assert sites[0].in_units == lenet.fc1.in_features and sites[0].spec("0", "n2n")["span"] == 3
+    shortened = skips.plan(lenet, DIGITS, span=4)  # no span-4 site of one kind: auto falls back to span 3
+    assert [(s.source, s.target, s.span) for s in shortened] == [("fc1", "fc3", 3)]
+    with pytest.raises(UserError, match="no skip fits"):
+        skips.plan(lenet, DIGITS, span=4, placement="every")
     with pytest.raises(UserError, match="no skip fits"):
         skips.plan(lenet, DIGITS, placement="chain")
 
@@ -73,11 +78,11 @@ def test_block_plan_for_resnets_uses_strides():
 
 
 def test_mlp_plan_and_bad_plans():
-    sites = skips.plan(mlp(), DIGITS)
+    sites = skips.plan(mlp(), DIGITS, placement="chain")
     assert [(s.source, s.target, s.add_to) for s in sites] == [("features.0", "features.4", "features.5")]
-    assert [(s.source, s.target, s.add_to) for s in skips.plan(mlp(), DIGITS, span=2)] == \
+    assert [(s.source, s.target, s.add_to) for s in skips.plan(mlp(), DIGITS, span=2, placement="chain")] == \
         [("features.0", "features.2", "features.3"), ("features.4", "features.6", "features.7")]
-    last = skips.plan(mlp(), DIGITS, span=5)[0]
+    last = skips.plan(mlp(), DIGITS, span=5, placement="chain")[0]
     assert last.target == "classifier" and last.add_to == ""  # output layer: added to the model's output
     with pytest.raises(UserError, match="at least 2"):
         skips.plan(mlp(), DIGITS, span=1)
@@ -123,6 +128,24 @@ def test_skip_masks_are_constant_over_kernels_and_exact():
     assert count_prunable(model) == count_prunable(resnet())  # skips are not prunable weights
 
 
+@pytest.mark.parametrize("connections", [0, 7, 16, 40, 16 * 9])
+def test_fan_in_layout_gives_every_target_the_same_number_of_sources(connections):
+    spec = {"name": "0", "connections": connections, "seed": 3, "layout": "fan-in"}
+    mask = skips.connection_mask(spec, (16, 9, 3, 3))
+    per_pair = mask.flatten(2)
+    assert torch.equal(per_pair.min(dim=2).values, per_pair.max(dim=2).values)  # constant over the kernel
+    fan_in = per_pair[..., 0].sum(dim=1)
+    assert int(fan_in.sum()) == connections  # exact count
+    assert set(fan_in.tolist()) <= {connections // 16, connections // 16 + 1}
+    if connections >= 16:
+        assert int(fan_in.min()) >= 1  # every target unit receives a skip
+    assert torch.equal(mask, skips.connection_mask(spec, (16, 9, 3, 3)))  # seeded: replays the same mask
+    uniform = skips.connection_mask({**spec, "layout": "uniform"}, (16, 9, 3, 3))
+    assert int(uniform.flatten(2)[..., 0].sum()) == connections
+    with pytest.raises(UserError, match="layout"):
+        skips.connection_mask({**spec, "layout": "rows"}, (16, 9, 3, 3))
+
+
 @pytest.mark.parametrize("build", [mlp, resnet])
 def test_zero_skip_weights_compute_the_sequential_network(build):
     plain, model = build(), build()
@@ -142,7 +165,7 @@ def test_zero_skip_weights_compute_the_sequential_network(build):
 
 def test_checkpoint_round_trip_and_deepcopy(tmp_path):
     model = models.create("vgg11", in_channels=1, input_size=8)
-    masks = add_all(model, fraction=0.1)
+    masks = add_all(model, fraction=0.1, placement="chain")
     model.eval()
     x = torch.randn(3, *DIGITS)
     expected = model(x)
@@ -197,7 +220,7 @@ def test_residual_skips_pad_channels_and_have_no_weights():
 def test_skip_edges_enter_the_unit_graph():
     model = mlp()
     plain = heat.unit_graph(model, DIGITS)
-    masks = add_all(model, fraction=0.1)
+    masks = add_all(model, fraction=0.1, placement="chain")
     graph = heat.unit_graph(model, DIGITS, masks=masks)
     kept = int(masks["skips.0.conv.weight"].sum())
     # features.0's 64 input pixels → features.4's 32 output units (the 24 input nodes of features.6): new pairs

@@ -27,7 +27,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "mint": {"params": {"samples_per_class": 60}},
     "snacs": {"sparsities": (0.5, 0.8, "auto"), "params": {"samples_per_class": 60}},
     "kfac": {"model": "mlp", "sparsities": (0.5, 0.9)},
-    "n2nskip": {"sparsities": (0.5, 0.9)},
+    "n2nskip": {"sparsities": (0.5, 0.9), "params": {"span": 2}},  # LeNet-5 has no span-3 conv → conv skip
+    "resskip": {"params": {"span": 2}},
     "network-slimming": {"model": "resnet20", "sparsities": (0.5,), "epochs": 2},  # needs BatchNorm
     "layer-sparsity": {"model": "mlp", "sparsities": ("auto",), "params": {"lambda": 1.0}},
     "l1-reg": {"model": "mlp", "sparsities": ("auto",), "params": {"lambda": 0.003}},

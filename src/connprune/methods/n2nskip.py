@@ -15,7 +15,8 @@ Budget arithmetic (spec §3 steps 3–5; exact, not ± rounding):
    :func:`connprune.measure.importance.keep_top` keeps it.
 2. Skip connections: every skip tensor gets the same connection density ``ρ = round(skip_fraction·T) / Σ numel``
    (capped at 1; reconstructed default, the paper does not say), rounded to whole unit pairs ``(j, i)``, each
-   carrying its ``f×f`` kernel slice: ``S = Σ pairs·f²``.
+   carrying its ``f×f`` kernel slice: ``S = Σ pairs·f²``. Within a tensor the pairs are spread with the same fan-in
+   per target unit (``layout=fan-in``, the code release) or uniformly (``layout=uniform``).
 3. Sequential weights: exactly ``T − S`` kept, by SNIP saliency (global top, as SNIP) or at random (per layer with
    largest-remainder quotas, or global); so ``nnz_seq + nnz_skip == T`` exactly.
 
@@ -75,7 +76,8 @@ class SkipParams(MethodParams):
     span: int = Field(3, ge=2)
     """k: weight layers a chain skip spans (the paper's Fig. 2: 3)."""
     placement: skip_surgery.Placement = "auto"
-    """Skip sites: ``chain`` (plain nets), ``every`` (overlapping), ``blocks`` (residual blocks), ``auto``."""
+    """Skip sites: ``every`` (one per layer, overlapping), ``chain`` (one per k-layer block, the code release's VGG
+    layout), ``blocks`` (residual blocks), ``auto`` (``blocks`` for residual networks, else ``every``)."""
     batch_size: int = Field(128, ge=1)
     """SNIP's mini-batch."""
 
@@ -83,6 +85,9 @@ class SkipParams(MethodParams):
 class N2NSkipParams(SkipParams):
     skip_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     """Share of the non-zero budget given to skip weights (the paper: 0.5)."""
+    layout: skip_surgery.Layout = "fan-in"
+    """How each skip's connections are drawn: ``fan-in`` (the same number per target unit, the code release's rule,
+    so every target unit gets one once a skip holds ``out_units`` connections) or ``uniform`` over all unit pairs."""
     kernel_size: int | None = Field(None, ge=1)
     """Skip convs' kernel (``None``: the source layer's kernel: 3 in VGG chains, 1 in bottleneck blocks)."""
 
@@ -171,7 +176,7 @@ class N2NSkip(_SkipMethod):
         skip_nonzero = sum(p * site.kernel_area for p, site in zip(pairs, sites))
         masks = self._base_masks(model, budget - skip_nonzero, data)
         sequential = sum(int(m.sum()) for m in masks.values())
-        specs = [site.spec(str(i), "n2n", connections=p, seed=self.params.seed * 1000 + i)
+        specs = [site.spec(str(i), "n2n", connections=p, seed=self.params.seed * 1000 + i, layout=self.params.layout)
                  for i, (site, p) in enumerate(zip(sites, pairs)) if p > 0]
         info = {
             "nonzero_weights": sequential + skip_nonzero, "nonzero_sequential": sequential,

@@ -18,7 +18,8 @@ replayed by :func:`connprune.checkpoint.load`) is::
 
     {"op": "skip", "name": "0", "kind": "n2n" | "res", "source": LAYER, "target": LAYER,
      "add_to": MODULE | "", "in_units": C_in, "out_units": C_out, "kernel_size": f, "stride": s,
-     "output_size": [H, W] | null, "connections": n_pairs, "seed": seed}
+     "output_size": [H, W] | null, "connections": n_pairs, "seed": seed,
+     "layout": "uniform" | "fan-in"}
 
 ``add_to`` names the activation module (a ``nn.ReLU``) whose *input* receives the branch (a forward pre-hook, so
 that in a residual block the branch is summed with the identity shortcut before the block's last ReLU), or ``""``
@@ -29,12 +30,18 @@ modules, so ``copy.deepcopy`` of the model keeps them pointing at the copied bra
 
 Placement (:func:`plan`; reconstructed where the paper is silent, see ``shared/specs/n2nskip.md`` §3.2):
 
-- ``chain`` (plain conv nets and MLPs; the default when the graph has no residual adds): the layers in forward
-  order are cut into consecutive blocks of ``span`` (k, default 3) weight layers and each block gets one skip from
-  its first layer's input to its last layer's pre-activation (Fig. 2: a skip across three conv layers). Sites whose
-  source and target are not both convs or both linear layers are left out. ``every``: one skip starting at every
-  layer (overlapping spans). With ``auto`` only, a network too short for any span-k site (LeNet-5's conv → linear
-  boundary) gets the longest shorter span that places one; the span used is in every site (and spec).
+- ``every`` (the default when the graph has no residual adds: plain conv nets and MLPs): one skip starting at every
+  weight layer (overlapping spans of ``span`` = k, default 3, weight layers), so every layer's units can receive
+  and send skips. ``chain``: the layers in forward order are cut into consecutive blocks of k weight layers and each
+  block gets one skip from its first layer's input to its last layer's pre-activation (Fig. 2: a skip across three
+  conv layers; the code release's one skip per VGG block). Sites whose source and target are not both convs or
+  both linear layers are left out. With ``auto`` only, a network too short for any span-k site (LeNet-5's conv →
+  linear boundary) gets the longest shorter span that places one; the span used is in every site (and spec).
+  Why ``every`` by default (reconstructed: the paper does not list its sites): with SNIP at half the budget,
+  ``chain`` skips miss the units that the sequential pruning cut off, and the heat distance F to the dense reference
+  comes out *higher* than plain SNIP's (VGG-19 at 5 % density: 1.2e-2 vs 7.7e-3 at t_sat, 75 units without any
+  edge), while ``every`` reaches every layer (8.3e-5, none cut off); ``benchmarks/results/reproduce_n2nskip.md``.
+  It costs more dense-stored skip convs: VGG-19 MACs 398 M → 949 M (``chain``: 600 M).
 - ``blocks`` (the default for residual networks): one skip per residual block, from the block input (the input of
   its ``conv1``) to its last conv (``conv2`` of a basic block, ``conv3`` of a bottleneck), summed with the identity
   shortcut before the block's final ReLU; the spatial reduction is done by the branch conv's stride.
@@ -63,6 +70,9 @@ CONTAINER = "skips"
 """Attribute of the model holding the branches (contains the ``skip`` marker of :mod:`connprune.measure.sparsity`)."""
 
 Placement = Literal["auto", "chain", "every", "blocks"]
+Layout = Literal["uniform", "fan-in"]
+"""How a sparse branch's connections are spread over its unit pairs (:func:`connection_mask`)."""
+LAYOUTS: tuple[str, ...] = ("uniform", "fan-in")
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,13 @@ class SkipSite:
         """Unit pairs (connections) the branch could hold: ``out_units · in_units``."""
         return self.in_units * self.out_units
 
-    def spec(self, name: str, kind: Literal["n2n", "res"], connections: int = 0, seed: int = 0) -> dict[str, Any]:
+    def spec(self, name: str, kind: Literal["n2n", "res"], connections: int = 0, seed: int = 0,
+             layout: Layout = "uniform") -> dict[str, Any]:
         """The JSON edit spec for this site (without ``op``, as :attr:`PruningResult.skips` holds it)."""
         return {"name": name, "kind": kind, "source": self.source, "target": self.target, "add_to": self.add_to,
                 "in_units": self.in_units, "out_units": self.out_units, "kernel_size": self.kernel_size,
                 "stride": self.stride, "output_size": list(self.output_size) if self.output_size else None,
-                "connections": int(connections), "seed": int(seed), "span": self.span}
+                "connections": int(connections), "seed": int(seed), "span": self.span, "layout": layout}
 
 
 def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dict[str, tuple[int, ...]],
@@ -184,7 +195,7 @@ def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement:
     residual = any(pair.residual for pair in graph.pairs)
     shorter_allowed = placement == "auto"
     if placement == "auto":
-        placement = "blocks" if residual else "chain"
+        placement = "blocks" if residual else "every"
     sites: list[SkipSite] = []
     if placement in ("chain", "every"):
         if residual:
@@ -304,17 +315,31 @@ class ResidualSkip(_Branch):
 
 def connection_mask(site_spec: Mapping[str, Any], weight_shape: Sequence[int]) -> torch.Tensor:
     """The fixed keep-mask of a sparse branch: exactly ``connections`` random (out, in) unit pairs (seeded by the
-    spec's ``seed``), each keeping its whole kernel slice, so the mask is constant over kernel positions."""
+    spec's ``seed``), each keeping its whole kernel slice, so the mask is constant over kernel positions.
+
+    The spec's ``layout`` spreads them: ``uniform`` (default) draws the pairs uniformly among all ``out · in``;
+    ``fan-in`` gives every target unit the same number of source units, ``connections // out`` (the first
+    ``connections % out`` targets of a random order one more), as the authors' code release does — so every target
+    unit receives a skip as soon as ``connections ≥ out_units``."""
     out_units, in_units = int(weight_shape[0]), int(weight_shape[1])
     connections = int(site_spec.get("connections", 0))
+    layout = site_spec.get("layout", "uniform")
     if not 0 <= connections <= out_units * in_units:
         raise UserError(f"skip {site_spec.get('name')!r}: connections={connections} is outside [0, "
                         f"{out_units * in_units}] (out_units × in_units)")
+    if layout not in LAYOUTS:
+        raise UserError(f"skip {site_spec.get('name')!r}: unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     generator = torch.Generator().manual_seed(int(site_spec.get("seed", 0)))
-    chosen = torch.randperm(out_units * in_units, generator=generator)[:connections]
-    pairs = torch.zeros(out_units * in_units, dtype=torch.bool)
-    pairs[chosen] = True
-    pairs = pairs.view(out_units, in_units)
+    if layout == "uniform":
+        chosen = torch.randperm(out_units * in_units, generator=generator)[:connections]
+        pairs = torch.zeros(out_units * in_units, dtype=torch.bool)
+        pairs[chosen] = True
+        pairs = pairs.view(out_units, in_units)
+    else:
+        fan_in = torch.full((out_units,), connections // out_units)
+        fan_in[torch.randperm(out_units, generator=generator)[:connections % out_units]] += 1
+        ranks = torch.rand(out_units, in_units, generator=generator).argsort(dim=1).argsort(dim=1)
+        pairs = ranks < fan_in[:, None]
     return pairs.view(out_units, in_units, *([1] * (len(weight_shape) - 2))).expand(*weight_shape).clone()
 
 
