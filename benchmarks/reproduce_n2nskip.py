@@ -2,8 +2,11 @@
 
 Part 1 — Table 3 (connectivity at initialisation, no training): for each network and density, prune a fresh
 Kaiming-initialised model with RP / N2NSkip-RP / CSP / N2NSkip-CSP / ResSkip-CSP (RP and CSP are ``n2nskip`` with
-``skip_fraction=0``: the plain pruned network at the same non-zero count), and compute F = ‖S_ref − S_prune‖₂
-(Eq. 6, binary unit graph with the skip edges) at the dense reference's saturation time t* (α(6 %, t*) = 0.97).
+``skip_fraction=0``: the plain pruned network at the same non-zero count; N2NSkip-CSP-chain is N2NSkip with the code
+release's one-skip-per-block placement and uniform skip masks, plain networks only), and compute
+F = ‖S_ref − S_prune‖₂ (Eq. 6, binary unit graph with the skip edges) at the dense reference's settling time t_sat
+(:func:`connprune.measure.heat.settling_time`, the headline, "saturated"), at its scree time t* (α(6 %, t*) = 0.97)
+and at t = ∞ (closed form: only units cut off from the inputs count).
 The non-zero weight counts of the methods sharing a base (RP: per-layer rounding; CSP: one global count) are checked
 equal at every density (ResSkip adds no weights).
 
@@ -11,19 +14,21 @@ Part 2 — Table 1 / Fig. 5 (accuracy and convergence): train the pruned network
 (SGD 0.05, momentum 0.9, wd 5e-4, batch 128, lr ×0.5 every 30 epochs; :func:`connprune.methods.n2nskip.paper_recipe`)
 with masks enforced, recording test accuracy after every epoch.
 
-CPU-sized defaults (stated in the JSON): F for VGG-19 only (``--models vgg19 resnet50`` adds ResNet-50, several
+CPU-sized defaults (stated in the JSON): F for VGG-19 only (``--models vgg19 resnet50`` adds ResNet-50, about 15
 minutes), accuracy for VGG-19 at 5 % density, CSP vs N2NSkip-CSP, 2 epochs on 256 training images of the PARTIAL
 CIFAR-10 (5,085 / 1,017 images exist here), test on 500 — its accuracies only show the pipeline; the paper trains 300
-epochs on the full CIFAR-10. Full setting on a GPU: ``--acc-methods rp n2nskip-rp csp n2nskip-csp resskip-csp
---acc-densities 0.1 0.05 0.02 --epochs 300 --train-subset 0 --test-subset 0``.
+epochs on the full CIFAR-10. ``--acc-densities`` with no value skips part 2, ``--f-densities`` with none part 1. Full
+setting on a GPU: ``--acc-methods rp n2nskip-rp csp n2nskip-csp resskip-csp --acc-densities 0.1 0.05 0.02 --epochs 300
+--train-subset 0 --test-subset 0``.
 
-Run: ``python benchmarks/reproduce_n2nskip.py [--data-dir ../shared/data]``.
+Run: ``python benchmarks/reproduce_n2nskip.py [--data-dir ../shared/data] [--out DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -46,8 +51,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAPE = (3, 32, 32)
 TAPS = ("all", "first")
 """Conv edges from any kernel tap (the spec's definition) or from the [0, 0] tap only (the authors' code release)."""
-LATE = (1, 100)
-"""F at t* and at 100·t* (closer to the "saturated" large-t limit, where only weakly connected units matter)."""
 NETWORKS: dict[str, tuple[str, dict[str, Any]]] = {"vgg19": ("vgg19", {}),
                                                    "resnet50": ("resnet50", {"small_input": True})}
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -55,8 +58,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "n2nskip-rp": ("n2nskip", {"base": "random"}),
     "csp": ("n2nskip", {"base": "snip", "skip_fraction": 0.0}),
     "n2nskip-csp": ("n2nskip", {"base": "snip"}),
+    "n2nskip-csp-chain": ("n2nskip", {"base": "snip", "placement": "chain", "layout": "uniform"}),
     "resskip-csp": ("resskip", {"base": "snip"}),
 }
+PLAIN_ONLY = {"n2nskip-csp-chain"}
+"""Methods whose placement needs a plain (non-residual) network."""
 # Paper Table 1 (CIFAR-10 top-1 %, mean of 5 runs) and Table 3 (F at saturation), from shared/specs/n2nskip.md §6.
 PAPER_TABLE1 = {
     "vgg19": {"rp": {0.1: 92.08, 0.05: 89.43, 0.02: 86.52}, "n2nskip-rp": {0.1: 92.92, 0.05: 92.65, 0.02: 91.12},
@@ -94,6 +100,10 @@ def pruned(network: str, label: str, density: float, train: data.ImageData, seed
     return model, masks, nonzero
 
 
+def residual(network: str) -> bool:
+    return network.startswith("resnet")
+
+
 def subset(images: data.ImageData, count: int) -> data.ImageData:
     if count <= 0 or count >= len(images):
         return images
@@ -109,16 +119,24 @@ def main() -> None:
     parser.add_argument("--f-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--acc-model", default="vgg19", choices=sorted(NETWORKS))
     parser.add_argument("--acc-methods", nargs="+", default=["csp", "n2nskip-csp"], choices=list(METHODS))
-    parser.add_argument("--acc-densities", type=float, nargs="+", default=[0.05])
+    parser.add_argument("--acc-densities", type=float, nargs="*", default=[0.05],
+                        help="densities for Table 1 (none: skip part 2)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-subset", type=int, default=256, help="training images (0: all)")
     parser.add_argument("--test-subset", type=int, default=500, help="test images (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="only re-write the tables and plot of an earlier run's JSON, beside it")
     args = parser.parse_args()
+    if args.render is not None:
+        render(json.loads(args.render.read_text()), args.render.parent)
+        return
     torch.set_num_threads(args.threads)
     started_all = time.perf_counter()
+    if residual(args.acc_model) and set(args.acc_methods) & PLAIN_ONLY:
+        raise SystemExit(f"{sorted(PLAIN_ONLY)} need a plain network, not {args.acc_model}")
     train_full = data.load("cifar10", "train", args.data_dir, seed=args.seed)
     test_full = data.load("cifar10", "test", args.data_dir, seed=args.seed)
 
@@ -128,10 +146,11 @@ def main() -> None:
         reference = fresh(network, args.seed)
         reference_graphs = {taps: heat.unit_graph(reference, SHAPE, taps=taps) for taps in TAPS}
         t_star = heat.saturation_time(reference_graphs["all"])
-        print(f"{network}: n = {reference_graphs['all'].n}, t* = {t_star:.4g}", flush=True)
+        t_settled = heat.settling_time(reference_graphs["all"])
+        print(f"{network}: n = {reference_graphs['all'].n}, t* = {t_star:.4g}, t_sat = {t_settled:.4g}", flush=True)
         for density in args.f_densities:
             counts = {}
-            for label in args.f_methods:
+            for label in [m for m in args.f_methods if not (m in PLAIN_ONLY and residual(network))]:
                 started = time.perf_counter()
                 model, masks, nonzero = pruned(network, label, density, train_full, args.seed)
                 counts[label] = nonzero
@@ -139,15 +158,16 @@ def main() -> None:
                        "paper_F": PAPER_TABLE3.get(network, {}).get(label, {}).get(density)}
                 for taps in TAPS:
                     graph = heat.unit_graph(model, SHAPE, masks=masks, taps=taps)
-                    for factor in LATE:
-                        row[f"F_{taps}_{factor}t*"] = heat.signature_distance(reference_graphs[taps], graph,
-                                                                             factor * t_star)
+                    row[f"F_{taps}"] = heat.signature_distance(reference_graphs[taps], graph, t_settled)
+                    if taps == "all":
+                        row["F_all_t*"] = heat.signature_distance(reference_graphs[taps], graph, t_star)
+                        row["F_all_inf"] = heat.saturated_distance(reference_graphs[taps], graph)
                     row[f"isolated_{taps}"] = int((graph.adjacency.getnnz(axis=1) == 0).sum())
-                f_rows.append({**row, "nonzero_weights": nonzero, "t_star": t_star,
+                f_rows.append({**row, "nonzero_weights": nonzero, "t_star": t_star, "t_sat": t_settled,
                                "seconds": round(time.perf_counter() - started, 1)})
                 print(f_rows[-1], flush=True)
             for base in ("rp", "csp"):  # RP keeps per-layer-rounded counts, CSP (SNIP) a global count
-                same_base = {label: count for label, count in counts.items() if label.endswith(base)}
+                same_base = {label: count for label, count in counts.items() if base in label.split("-")}
                 if len(set(same_base.values())) > 1:
                     raise SystemExit(f"non-zero counts differ at density {density}: {same_base}")
 
@@ -155,7 +175,6 @@ def main() -> None:
     train, test = subset(train_full, args.train_subset), subset(test_full, args.test_subset)
     recipe = paper_recipe(args.epochs, seed=args.seed)
     acc_rows: list[dict[str, Any]] = []
-    curves: dict[str, list[float]] = {}
     for density in args.acc_densities:
         for label in args.acc_methods:
             started = time.perf_counter()
@@ -163,7 +182,6 @@ def main() -> None:
             initial = evaluate(model, test)["accuracy"]
             history = Trainer(model, train, test, recipe, hooks=[MaskEnforcer(masks)], progress=False).fit().history
             accuracies = [initial] + [h.get("test_accuracy", h.get("accuracy")) for h in history]
-            curves[f"{label} d={density:g}"] = accuracies
             acc_rows.append({"network": args.acc_model, "density": density, "method": label,
                              "accuracy": round(100 * accuracies[-1], 2),
                              "paper_accuracy": PAPER_TABLE1.get(args.acc_model, {}).get(label, {}).get(density),
@@ -178,56 +196,100 @@ def main() -> None:
         "acc_model": args.acc_model, "acc_densities": args.acc_densities, "acc_methods": args.acc_methods,
         "adjacency": "binary, skip edges included; conv edge = any kernel tap (all) or the [0, 0] tap (first, "
                      "the code release's reading)",
-        "t": "reference's saturation time t* (alpha(6%, t*) = 0.97) and 100 t*",
-        "shrunk": "CPU-sized: F at initialisation only (no training), accuracy after "
-                  f"{args.epochs} epochs on {len(train)} images, one seed (paper: 300 epochs, full data, 5 runs)",
+        "t": "F_all / F_first at the reference's settling time t_sat = ln(1e6) / lambda_2 (headline); F_all_t* at "
+             "its scree time t* (alpha(6%, t*) = 0.97); F_all_inf at t = infinity (closed form)",
+        "skips": "default n2nskip: placement every (plain nets) / blocks (ResNet), fan-in skip masks; "
+                 "n2nskip-csp-chain: placement chain, uniform masks (the previous default)",
         "seconds_total": round(time.perf_counter() - started_all, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    save_results(args.out / "reproduce_n2nskip.json", {
-        "benchmark": "reproduce_n2nskip", "machine": machine(), "settings": settings,
-        "table3_F": f_rows, "table1_accuracy": acc_rows, "paper_table1": PAPER_TABLE1, "paper_table3": PAPER_TABLE3})
-    f_columns = ["network", "density", "method", "paper_F"] + [f"F_{taps}_{factor}t*" for taps in TAPS
-                                                               for factor in LATE] + \
-        ["isolated_all", "isolated_first", "nonzero_weights"]
-    acc_columns = ["network", "density", "method", "accuracy", "paper_accuracy", "accuracy_per_epoch"]
-    print_table("Table 3: F at saturation (ours at initialisation vs the paper's)", f_rows, f_columns)
-    print_table("Table 1 (CPU-sized): test accuracy %", acc_rows, acc_columns)
-    _plot(curves, f_rows, args.out / "reproduce_n2nskip.png", settings)
-    save_text(args.out / "reproduce_n2nskip.md",
-              "# N2NSkip reproduction (CPU-sized)\n\n"
-              f"{settings['shrunk']}. Data: {settings['data']}.\n\n"
-              "## Table 3: F = ||S_ref - S_prune||_2 at t*\n\n" + markdown_table(f_rows, f_columns) +
-              "\n\n## Table 1 / Fig. 5: accuracy (%) after each epoch\n\n" + markdown_table(acc_rows, acc_columns) +
-              "\n\n![curves and F](reproduce_n2nskip.png)\n")
+    results = {"benchmark": "reproduce_n2nskip", "machine": machine(), "settings": settings,
+               "table3_F": f_rows, "table1_accuracy": acc_rows, "paper_table1": PAPER_TABLE1,
+               "paper_table3": PAPER_TABLE3}
+    save_results(args.out / "reproduce_n2nskip.json", results)
+    render(results, args.out)
 
 
-def _plot(curves: dict[str, list[float]], f_rows: list[dict[str, Any]], path: Path, settings: dict) -> None:
+F_COLUMNS = ["network", "density", "method", "paper_F", "F_all", "F_first", "F_all_t*", "F_all_inf", "isolated_all",
+             "isolated_first", "nonzero_weights"]
+ACC_COLUMNS = ["network", "density", "method", "accuracy", "paper_accuracy", "accuracy_per_epoch"]
+
+
+def render(results: dict[str, Any], out: Path) -> None:
+    """Print the tables and write ``reproduce_n2nskip.md`` and ``.png`` into ``out`` (the parts that were run)."""
+    settings, f_rows, acc_rows = results["settings"], results["table3_F"], results["table1_accuracy"]
+    text = ["# N2NSkip reproduction (CPU-sized)\n", f"Data: {settings['data']}. One seed (the paper: 5 runs)."]
+    if f_rows:
+        print_table("Table 3: F at t_sat (ours at initialisation vs the paper's)", f_rows, F_COLUMNS)
+        text += ["\n## Table 3: F = ||S_ref - S_prune||_2 at the reference's settling time t_sat\n",
+                 "At initialisation (binary unit graphs: F does not change in training, the masks are fixed). "
+                 "F_all / F_first: at t_sat (conv edges from any tap / the [0, 0] tap); F_all_t*: at the scree time "
+                 "t*; F_all_inf: at t = infinity; isolated: units without any edge. Lower is closer to the dense "
+                 f"reference. {settings['skips']}.\n", markdown_table(f_rows, F_COLUMNS),
+                 "\nN2NSkip against the plain network of the same base and non-zero count (F at t_sat; values "
+                 "below about 1e-6 are within the reference's own distance from saturation, t_sat's tolerance):\n",
+                 markdown_table(_pairs(f_rows), ["network", "density", "base", "plain_F", "n2nskip_F", "ratio",
+                                                 "paper_plain_F", "paper_n2nskip_F"])]
+    if acc_rows:
+        print_table("Table 1 (CPU-sized): test accuracy %", acc_rows, ACC_COLUMNS)
+        text += ["\n## Table 1 / Fig. 5: accuracy (%) after each epoch\n",
+                 f"{settings['epochs']} epochs of the paper's recipe on {settings['train_images']} training images, "
+                 f"tested on {settings['test_images']} (the paper: 300 epochs on the full CIFAR-10).\n",
+                 markdown_table(acc_rows, ACC_COLUMNS)]
+    _plot(acc_rows, f_rows, out / "reproduce_n2nskip.png", settings)
+    save_text(out / "reproduce_n2nskip.md", "\n".join(text) + "\n\n![curves and F](reproduce_n2nskip.png)\n")
+
+
+def _pairs(f_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plain base vs N2NSkip on it, per network and density: F at t_sat and the paper's Table 3 values."""
+    by_key = {(r["network"], r["density"], r["method"]): r for r in f_rows}
+    pairs = []
+    for (network, density, method), plain in by_key.items():
+        skip = by_key.get((network, density, f"n2nskip-{method}"))
+        if skip is not None:
+            pairs.append({"network": network, "density": density, "base": method, "plain_F": plain["F_all"],
+                          "n2nskip_F": skip["F_all"], "ratio": skip["F_all"] / max(plain["F_all"], 1e-300),
+                          "paper_plain_F": plain["paper_F"], "paper_n2nskip_F": skip["paper_F"]})
+    return pairs
+
+
+def _plot(acc_rows: list[dict[str, Any]], f_rows: list[dict[str, Any]], path: Path, settings: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, values in curves.items():
-        left.plot(range(len(values)), [100 * v for v in values], marker="o", label=label)
-    left.set(xlabel="epoch", ylabel="test accuracy (%)",
-             title=f"convergence ({settings['train_images']} train images)")
-    left.legend(fontsize=8)
-    for (network, method) in sorted({(r["network"], r["method"]) for r in f_rows}):
-        points = sorted((r["density"], max(r["F_all_1t*"], 1e-12)) for r in f_rows
-                        if r["network"] == network and r["method"] == method)
-        right.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{network} {method}")
-    right.set(xscale="log", yscale="log", xlabel="density", ylabel="F at t* (all taps)",
-              title="Table 3: F vs density (init)")
-    densities = sorted({r["density"] for r in f_rows})
-    right.set_xticks(densities, [f"{d:g}" for d in densities])
-    right.minorticks_off()
-    right.legend(fontsize=7)
+    panels = int(bool(acc_rows)) + int(bool(f_rows))
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.5 * max(panels, 1), 4), squeeze=False)
+    axes = list(axes[0])
+    if acc_rows:
+        left = axes.pop(0)
+        for row in acc_rows:
+            values = row["accuracy_per_epoch"]
+            left.plot(range(len(values)), values, marker="o", label=f"{row['method']} d={row['density']:g}")
+        left.set(xlabel="epoch", ylabel="test accuracy (%)",
+                 title=f"convergence ({settings['train_images']} train images)")
+        left.legend(fontsize=8)
+    if f_rows:
+        right = axes.pop(0)
+        networks = sorted({r["network"] for r in f_rows})
+        methods_run = list(dict.fromkeys(r["method"] for r in f_rows))
+        for network in networks:  # one colour per method, one line style per network
+            for i, method in enumerate(methods_run):
+                points = sorted((r["density"], max(r["F_all"], 1e-12)) for r in f_rows
+                                if r["network"] == network and r["method"] == method)
+                if points:
+                    right.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{i}",
+                               linestyle=("-", "--", ":")[networks.index(network) % 3], label=f"{network} {method}")
+        right.set(xscale="log", yscale="log", xlabel="density", ylabel="F at t_sat (all taps)",
+                  title="Table 3: F vs density (init)")
+        densities = sorted({r["density"] for r in f_rows})
+        right.set_xticks(densities, [f"{d:g}" for d in densities])
+        right.minorticks_off()
+        right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
 
 if __name__ == "__main__":
     main()
