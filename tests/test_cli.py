@@ -84,3 +84,8 @@ def test_model_param_builds_the_model_it_names(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "train", "--model", "mlp", "--model-param", "num_classes=3",
                            "--out", str(tmp_path / "y"))
     assert code == 2 and "come from the data set" in err
+
+
+def test_table_cells_keep_small_values_visible():
+    assert cli._cell(0.5) == "0.5000" and cli._cell(0.0) == "0.0000" and cli._cell(3) == "3"
+    assert cli._cell(2.5e-7) == "2.500e-07" and cli._cell(-4e-5) == "-4.000e-05"

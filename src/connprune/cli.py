@@ -56,8 +56,15 @@ def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[_cell(v) for v in row])
     return table
+
+
+def _cell(value: Any) -> str:
+    """Floats to 4 decimals, or 4 significant digits where 4 decimals would hide them (heat distances ~1e-6)."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.3e}" if 0.0 < abs(value) < 1e-3 else f"{value:.4f}"
 
 
 @app.command()
