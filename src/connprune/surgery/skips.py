@@ -41,7 +41,9 @@ Placement (:func:`plan`; reconstructed where the paper is silent, see ``shared/s
   ``chain`` skips miss the units that the sequential pruning cut off, and the heat distance F to the dense reference
   comes out *higher* than plain SNIP's (VGG-19 at 5 % density: 1.2e-2 vs 7.7e-3 at t_sat, 75 units without any
   edge), while ``every`` reaches every layer (8.3e-5, none cut off); ``benchmarks/results/reproduce_n2nskip.md``.
-  It costs more dense-stored skip convs: VGG-19 MACs 398 M → 949 M (``chain``: 600 M).
+  It costs more dense-stored skip convs: VGG-19 MACs 398 M → 949 M (``chain``: 600 M). Accuracy does not settle
+  the choice on this machine: after 4 CPU epochs at 5 % density (2 seeds, partial CIFAR-10) both beat plain SNIP
+  (every 36.4 / 47.9 %, chain 45.5 / 48.2 %, SNIP 32.2 / 37.1 %), and ``chain`` learns faster in the first epoch.
 - ``blocks`` (the default for residual networks): one skip per residual block, from the block input (the input of
   its ``conv1``) to its last conv (``conv2`` of a basic block, ``conv3`` of a bottleneck), summed with the identity
   shortcut before the block's final ReLU; the spatial reduction is done by the branch conv's stride.
