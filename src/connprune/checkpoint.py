@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from connprune import models
 from connprune.errors import UserError
-from connprune.surgery import edits
-from connprune.utils.io import atomic_dir
+from connprune.surgery import edits, skips
+from connprune.utils.io import atomic_dir, recover_dir
 
 FORMAT = 1
 MASK_PREFIX = "mask::"
@@ -128,14 +129,34 @@ def save(
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); the checkpoint is damaged, re-create it") from exc
+    if not isinstance(value, dict):
+        raise UserError(f"{path} holds a JSON {type(value).__name__}, not an object; the checkpoint is damaged, "
+                        "re-create it")
+    return value
 
 
-def load_checkpoint(directory: str | Path) -> Checkpoint:
-    """Rebuild the model saved in ``directory`` and return it with its masks and metrics."""
+MAX_UNITS = 1 << 24
+"""The largest integer a ``model.json`` may give a width, a config key or a skip's size (16,777,216): far above any
+real layer, far below a size whose allocation would exhaust memory. Anything larger is refused before any module is
+built."""
+
+_UNBOUNDED_KEYS = frozenset({"seed", "connections"})
+"""Integers of ``model.json`` not bounded by :data:`MAX_UNITS` (a seed; a skip's connection count, which is checked
+against its weight's shape instead)."""
+
+_DTYPE_KINDS = {"BOOL": "bool", "U8": "int", "I8": "int", "I16": "int", "I32": "int", "I64": "int",
+                "F16": "float", "BF16": "float", "F32": "float", "F64": "float"}
+
+
+def _checkpoint_directory(directory: str | Path) -> Path:
+    """``directory`` as a Path once it holds the files of a checkpoint (put back first if a save was killed after
+    moving the old checkpoint aside; see :func:`connprune.utils.io.recover_dir`)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        recover_dir(directory)
     if not directory.is_dir():
         raise UserError(f"checkpoint directory {directory} does not exist; pass a directory written by "
                         "`connprune train` or `connprune prune`")
@@ -143,30 +164,159 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
         if not (directory / required).is_file():
             raise UserError(f"{directory} is not a connprune checkpoint: {required} is missing; pass a directory "
                             "written by `connprune train` or `connprune prune`")
-    meta = _read_json(directory / MODEL_JSON)
+    return directory
+
+
+def _check_bounds(value: Any, where: str, path: Path) -> None:
+    """Refuse integers above :data:`MAX_UNITS` (and below 0) anywhere in ``value``, naming where they are."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _UNBOUNDED_KEYS:
+                _check_bounds(item, f"{where}.{key}" if where else str(key), path)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_bounds(item, f"{where}[{index}]", path)
+    elif isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_UNITS:
+        raise UserError(f"{path}: {where} is {value:,}, outside 0 to {MAX_UNITS:,}; model.json was damaged or "
+                        "edited, re-create the checkpoint")
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    """``model.json``, checked for its format, the types of its parts and absurd sizes."""
+    path = directory / MODEL_JSON
+    meta = _read_json(path)
     if meta.get("format") != FORMAT:
-        raise UserError(f"{directory / MODEL_JSON} has format {meta.get('format')!r}; this connprune reads "
-                        f"format {FORMAT}")
+        raise UserError(f"{path} has format {meta.get('format')!r}; this connprune reads format {FORMAT}")
+    kinds = {"architecture": str, "config": dict, "widths": dict, "biases": list, "edits": list}
+    for key, kind in kinds.items():
+        if key in meta and not isinstance(meta[key], kind) or key in ("architecture", "config") and key not in meta:
+            raise UserError(f"{path}: {key!r} must be a JSON {kind.__name__.replace('str', 'string')}; the "
+                            "checkpoint is damaged, re-create it")
+    for name, width in meta.get("widths", {}).items():
+        if not isinstance(width, list) or not 1 <= len(width) <= 3 or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in width):
+            raise UserError(f"{path}: layer {name!r} has width {width!r}; a width is 1 to 3 positive integers, "
+                            "re-create the checkpoint")
+    for key in ("config", "widths", "edits"):
+        _check_bounds(meta.get(key, {}), key, path)
+    return meta
+
+
+def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name → (dtype, shape)`` of every tensor in a safetensors file, read from its header: no tensor is loaded
+    (safetensors checks that the header's offsets cover the file exactly, so these shapes are what loading costs)."""
     try:
-        tensors = load_file(str(directory / WEIGHTS))
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+                    for name in handle.keys()}
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{directory / WEIGHTS} is truncated or corrupt ({exc}); re-create the checkpoint") from exc
-    model = models.create(meta["architecture"], **meta["config"])
-    edits.replay(model, meta.get("edits", []))
-    apply_widths(model, meta.get("widths", {}))
-    add_biases(model, meta.get("biases", []))
+        raise UserError(f"{path} is truncated or corrupt ({exc}); re-create the checkpoint") from exc
+
+
+def _check_skips(meta: dict[str, Any], header: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> None:
+    """A sparse skip's recorded size must be its weight's, before the skip is built (it draws a mask of
+    ``out_units · in_units`` pairs)."""
+    for edit in meta.get("edits", []):
+        if not isinstance(edit, dict) or edit.get("op") != "skip" or edit.get("kind") != "n2n":
+            continue
+        key = f"{skips.CONTAINER}.{edit.get('name')}.conv.weight"
+        recorded = [edit.get("out_units"), edit.get("in_units")]
+        stored = list(header[key][1][:2]) if key in header else None
+        if stored != recorded:
+            raise UserError(f"{path}: skip {edit.get('name')!r} records {recorded[0]} × {recorded[1]} units but "
+                            f"model.safetensors holds {'no ' + key if stored is None else stored}; the weights and "
+                            "model.json come from different models")
+
+
+class _NoRandomFill(TorchFunctionMode):
+    """Skip random initialisation of meta tensors: there are no values to fill, and torch routes a meta
+    ``normal_`` (every conv's Kaiming init) through a reference implementation whose first use imports torch._dynamo
+    (seconds per process)."""
+
+    FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.log_normal_, torch.Tensor.exponential_,
+                       torch.Tensor.cauchy_, torch.Tensor.geometric_, torch.Tensor.bernoulli_, torch.Tensor.random_})
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in self.FILLS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _build_on_meta(meta: dict[str, Any], path: Path) -> nn.Module:
+    """The model ``model.json`` describes, on the meta device: every shape, no memory."""
+    try:
+        with torch.device("meta"), _NoRandomFill():
+            model = models.create(meta["architecture"], **meta["config"])
+            edits.replay(model, meta.get("edits", []))
+            apply_widths(model, meta.get("widths", {}))
+            add_biases(model, meta.get("biases", []))
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise UserError(f"{path} describes a model that cannot be built ({type(exc).__name__}: {exc}); "
+                        "model.json was damaged or edited, re-create the checkpoint") from exc
+    return model
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "int"
+
+
+def _check_against_header(model: nn.Module, meta: dict[str, Any], header: dict[str, tuple[str, tuple[int, ...]]],
+                          path: Path) -> None:
+    """Every tensor the rebuilt model needs is in the file with its shape and kind of dtype, and nothing else is
+    (masks: boolean, shaped like their parameter). A mismatch names the layer."""
+    expected = {k: (_kind(v.dtype), tuple(v.shape)) for k, v in model.state_dict().items()}
+    state = {k: v for k, v in header.items() if not k.startswith(MASK_PREFIX)}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise UserError(f"{path} does not match architecture {meta['architecture']!r} ({detail}); the weights and "
+                        "model.json come from different models")
+    for key, (dtype, shape) in sorted(state.items()):
+        kind, want = expected[key]
+        if shape != want or _DTYPE_KINDS.get(dtype) != kind:
+            layer = key.rpartition(".")[0] or key
+            raise UserError(f"layer {layer!r}: model.json builds {key} as {kind} {list(want)} but {path.name} holds "
+                            f"{dtype} {list(shape)}; the weights and model.json come from different models (or "
+                            "model.json was edited), re-create the checkpoint")
+    for key, (dtype, shape) in sorted(header.items()):
+        if key.startswith(MASK_PREFIX):
+            target = expected.get(key[len(MASK_PREFIX):])
+            if target is None or dtype != "BOOL" or shape != target[1]:
+                raise UserError(f"{path.name}: mask {key[len(MASK_PREFIX):]!r} ({dtype} {list(shape)}) does not fit "
+                                "a parameter of the model; the checkpoint is damaged, re-create it")
+
+
+def _fill(model: nn.Module, path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Load the (checked) tensors and make them the meta model's parameters and buffers; returns the masks."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path} is truncated or corrupt ({exc}); re-create the checkpoint") from exc
     masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
-    state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}") or \
-            f"shape mismatch in {wrong[:3]}"
-        raise UserError(f"{directory / WEIGHTS} does not match architecture {meta['architecture']!r} "
-                        f"({detail}); the weights and model.json come from different models")
-    model.load_state_dict(state)
+    state = {k: v.to(expected[k].dtype) for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    model.load_state_dict(state, assign=True)  # the loaded tensors become the model's: no second copy
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{left[:3]} are not saved in checkpoints, so they cannot be restored")
+    return model, masks
+
+
+def load_checkpoint(directory: str | Path) -> Checkpoint:
+    """Rebuild the model saved in ``directory`` and return it with its masks and metrics.
+
+    Untrusted files cost no more than their weights: ``model.json`` is checked (types, sizes) and the model it
+    describes is built on the meta device and compared with the safetensors header (shapes and dtypes, read without
+    loading a tensor) before any memory is allocated; a mismatch is a UserError naming the layer. Nothing from the
+    files is executed.
+    """
+    directory = _checkpoint_directory(directory)
+    meta = _read_meta(directory)
+    header = _header(directory / WEIGHTS)
+    _check_skips(meta, header, directory / MODEL_JSON)
+    model = _build_on_meta(meta, directory / MODEL_JSON)
+    _check_against_header(model, meta, header, directory / WEIGHTS)
+    model, masks = _fill(model, directory / WEIGHTS)
     metrics = _read_json(directory / METRICS_JSON) if (directory / METRICS_JSON).is_file() else {}
     return Checkpoint(model=model.eval(), meta=meta, masks=masks, metrics=metrics)
 
