@@ -295,6 +295,30 @@ def demo(
     out.print(f"wrote {report}")
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint directory."),
+    fmt: str = typer.Option(..., "--format", help="onnx (needs pip install 'connprune[export]') or pt2."),
+    out_file: Path = typer.Option(..., "--out", help="The file to write (refused if it exists, unless --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export a checkpoint for deployment (masks applied, BatchNorm folded, shrunk widths), checked against it."""
+    from connprune.experiments.export import export_checkpoint
+
+    report = export_checkpoint(checkpoint, fmt, out_file, overwrite=overwrite)  # type: ignore[arg-type]
+    rows = [["file", report.path], ["bytes", f"{report.bytes:,}"],
+            ["input shape", "×".join(map(str, report.input_shape))], ["params", f"{report.params:,}"],
+            ["MACs", f"{report.macs:,}"],
+            ["BatchNorms folded", report.batchnorms_folded], ["BatchNorms kept", len(report.batchnorms_kept)]]
+    rows += [[f"relative error: {check}", error] for check, error in report.errors.items()]
+    emit(report.to_json(), as_json, make_table(f"{checkpoint} exported as {report.format}", ["export", "value"],
+                                               rows))
+    if not as_json:
+        out.print(f"wrote {report.path}: max relative error vs the checkpoint {report.max_relative_error:.3g} "
+                  f"(bound {report.tolerance:g})", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line on stderr and exit status 2."""
     try:
