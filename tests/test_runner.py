@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from connprune import cli
+from connprune.experiments import runner
 from connprune.experiments.runner import run_experiment
 from connprune.experiments.store import DONE, FAILED, PENDING, RUNNING, Store
 
@@ -176,3 +177,76 @@ def test_parallel_workers_claim_each_run_once(config, reference, tmp_path):
     assert all(not w.endswith(f":{os.getpid()}") for w in workers) and 1 <= len(workers) <= 2
     for key, row in rows.items():
         assert row["target_sparsity"] == expected[key]["target_sparsity"]
+
+
+def one_pending_run(out: Path) -> tuple:
+    """A store in ``out`` with one pending run, and the settings of a worker for it."""
+    from connprune.experiments.config import RunSpec
+
+    url = f"sqlite:///{out / 'runs.db'}"
+    run = RunSpec(key="k1", config_hash="h", model="mlp", method="magnitude", label="magnitude", params={},
+                  params_json="{}", sparsity=0.5, seed=0, needs_trained=False)
+    with Store(url) as store:
+        store.add_runs([run])
+    return run, runner.Settings(out_dir=str(out), store_url=url, config_hash="h", data="digits", data_dir=None,
+                                train={}, train_epochs=1, fine_tune_epochs=0, shift="none", progress=False)
+
+
+def test_a_worker_that_lost_its_claim_overwrites_nothing(tmp_path, monkeypatch):
+    """While this worker computes, its heartbeat goes stale, a --resume elsewhere reclaims the run and another worker
+    claims it and writes its folder. This worker re-checks its claim before it stores anything: the other worker's
+    row and folder stay as they are, this worker's staged output is discarded, and it says why."""
+    run, settings = one_pending_run(tmp_path)
+    theirs = runner.run_dir(tmp_path, "k1")
+
+    def execute(run, settings, store, out=None):
+        store._run("UPDATE connprune_runs SET heartbeat_at = ? WHERE key = ?", (time.time() - 3600, run.key))
+        assert [key for key, _ in store.reclaim([run.key], stale_after=600)] == [run.key]
+        assert store.claim(run.key, "elsewhere:7")
+        theirs.mkdir(parents=True)
+        (theirs / "metrics.json").write_text('{"by": "elsewhere:7"}')
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text('{"by": "this worker"}')
+        return {"acc_after": 0.25, "achieved_sparsity": 0.5}
+
+    class Recorder(runner._Reporter):
+        def __init__(self) -> None:
+            self.said: list[tuple] = []
+
+        def finished(self, run, metrics, error):
+            self.said.append((metrics, error))
+
+    monkeypatch.setattr(runner, "execute", execute)
+    reporter = Recorder()
+    assert runner.work(settings, [run], reporter) == 0
+    [(metrics, error)] = reporter.said
+    assert metrics is None and "lost its claim" in error and "claimed by elsewhere:7" in error
+    row = rows_of(tmp_path)["k1"]
+    assert row["status"] == RUNNING and row["claimed_by"] == "elsewhere:7" and row["metrics"] is None
+    assert row["acc_after"] is None and row["attempts"] == 2
+    assert (theirs / "metrics.json").read_text() == '{"by": "elsewhere:7"}'
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["k1"]  # no staged folder left behind
+
+
+def test_a_worker_that_holds_its_claim_publishes_its_staged_output(tmp_path, monkeypatch):
+    """The run is written to a hidden staging folder and replaces the run folder (here, a killed attempt's) only
+    once the claim is confirmed."""
+    run, settings = one_pending_run(tmp_path)
+    old = runner.run_dir(tmp_path, "k1")
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text('{"by": "a killed attempt"}')
+    staged = []
+
+    def execute(run, settings, store, out=None):
+        assert out.name.startswith(".k1.") and not out.exists()  # a hidden staging folder beside the run folder
+        staged.append(out)
+        out.mkdir()
+        (out / "metrics.json").write_text('{"by": "this worker"}')
+        return {"acc_after": 0.25, "achieved_sparsity": 0.5}
+
+    monkeypatch.setattr(runner, "execute", execute)
+    assert runner.work(settings, [run]) == 1
+    row = rows_of(tmp_path)["k1"]
+    assert row["status"] == DONE and row["acc_after"] == 0.25 and row["output_dir"] == str(old)
+    assert (old / "metrics.json").read_text() == '{"by": "this worker"}' and not staged[0].exists()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["k1"]

@@ -19,7 +19,7 @@ import pytest
 
 from connprune.errors import UserError
 from connprune.experiments.config import RunSpec
-from connprune.experiments.store import DONE, FAILED, PENDING, RUNNING, Store
+from connprune.experiments.store import DONE, FAILED, PENDING, RUNNING, Heartbeat, Store
 
 N_SHARED = 60      # grid points both writers insert and then race to claim
 N_OWN = 20         # rows each writer inserts alone
@@ -216,3 +216,115 @@ def test_bad_urls_and_missing_driver(tmp_path, monkeypatch):
         Store("postgresql://user@localhost:5432/db")
     with Store(str(tmp_path / "plain.db")) as store:  # a plain path is an SQLite file
         assert store.kind == "sqlite" and (tmp_path / "plain.db").is_file()
+
+
+# -- dropped connections: the heartbeat and the store reconnect -------------------------------------------------------
+
+
+def drop_connection(store: Store, admin: Store) -> None:
+    """Break ``store``'s connection as a lost server or network would: on PostgreSQL the server ends the session
+    (``pg_terminate_backend``, what a restart or an idle-session killer does); SQLite has no server, so the
+    connection is closed under the store."""
+    if store.kind == "postgresql":
+        pid = store.conn.info.backend_pid
+        admin._run("SELECT pg_terminate_backend(?)", (pid,), fetch=True)
+        deadline = time.time() + 10
+        while admin._run("SELECT pid FROM pg_stat_activity WHERE pid = ?", (pid,), fetch=True)[0]:
+            assert time.time() < deadline, "the server did not end the session"
+            time.sleep(0.01)
+    else:
+        store.conn.close()
+
+
+def beat_of(store: Store, key: str) -> float:
+    return store.runs(keys=[key])[0]["heartbeat_at"]
+
+
+def test_heartbeat_reconnects_after_a_dropped_connection(store_url):
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    with Store(store_url) as store:
+        store.add_runs([spec("a")])
+        assert store.claim("a", me)
+        heart = Heartbeat(store_url, "a", me, interval=30.0, retry_after=0.25)
+        assert heart.beat() == 30.0 and heart.beats == 1 and heart.connections == 1
+        old = time.time() - 3600
+        store._run("UPDATE connprune_runs SET heartbeat_at = ? WHERE key = ?", (old, "a"))
+        drop_connection(heart._store, store)
+        assert heart.beat() == 0.25               # the beat failed: retry soon, on a new connection
+        assert heart.failures == 1 and heart._store is None and beat_of(store, "a") == old
+        assert heart.beat() == 30.0               # reconnected: the beat lands
+        assert heart.beats == 2 and heart.connections == 2 and not heart.lost.is_set()
+        assert time.time() - beat_of(store, "a") < 60
+        assert store.reclaim(["a"], stale_after=600) == []  # fresh, so nobody takes the run over
+        heart.drop_connection()
+
+
+def test_heartbeat_backs_off_while_the_store_is_unreachable(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # a file where the store's folder should be: every connection attempt fails
+    heart = Heartbeat(f"sqlite:///{blocker / 'runs.db'}", "a", "w:1", interval=3.0, retry_after=0.25)
+    delays = [heart.beat() for _ in range(7)]
+    assert delays == [min(3.0, 0.25 * 2 ** k) for k in range(7)]  # 0.25, 0.5, 1, 2, then capped at the interval
+    assert heart.failures == 7 and heart.beats == 0 and heart.last_error
+
+
+def test_heartbeat_thread_keeps_the_claim_fresh_across_a_drop(store_url):
+    """The background thread itself: before the fix it kept the broken connection and never beat again."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    with Store(store_url) as store:
+        store.add_runs([spec("a")])
+        assert store.claim("a", me)
+        with Heartbeat(store_url, "a", me, interval=0.2, retry_after=0.05) as heart:
+            deadline = time.time() + 20
+            while heart.beats < 1 and time.time() < deadline:
+                time.sleep(0.02)
+            drop_connection(heart._store, store)
+            dropped_at = time.time()
+            while (heart.connections < 2 or beat_of(store, "a") <= dropped_at) and time.time() < deadline:
+                time.sleep(0.02)
+        assert heart.connections == 2 and beat_of(store, "a") > dropped_at
+
+
+def test_heartbeat_notices_a_lost_claim(store_url):
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    with Store(store_url) as store:
+        store.add_runs([spec("a")])
+        assert store.claim("a", me)
+        store._run("UPDATE connprune_runs SET heartbeat_at = ? WHERE key = ?", (time.time() - 3600, "a"))
+        assert [key for key, _ in store.reclaim(["a"], stale_after=600)] == ["a"]
+        assert store.claim("a", "elsewhere:7")
+        theirs = beat_of(store, "a")
+        heart = Heartbeat(store_url, "a", me, retry_after=0.25)
+        heart.beat()
+        assert heart.lost.is_set() and heart.beats == 0
+        assert store.holder("a") == (RUNNING, "elsewhere:7") and beat_of(store, "a") == theirs
+        assert not store.holds("a", me) and store.holds("a", "elsewhere:7")
+        heart.drop_connection()
+
+
+def test_store_reconnects_and_confirms_writes_whose_reply_was_lost(store_url, monkeypatch):
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    with Store(store_url) as store, Store(store_url) as admin:
+        store.add_runs([spec(k) for k in "ab"])
+        drop_connection(store, admin)
+        assert store.claim("a", me) and store.reconnects == 1   # a new connection for the next statement
+        # the reply of a committed write is lost with its connection: the retry finds nothing to change
+        real = store._execute
+        lose_next = [True]
+
+        def commit_then_lose(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if lose_next and lose_next.pop():
+                drop_connection(store, admin)
+                store.conn.execute("SELECT 1")  # raises what the driver raises on a lost connection
+            return result
+
+        monkeypatch.setattr(store, "_execute", commit_then_lose)
+        assert store.finish("a", {"acc_after": 0.5}, me)         # confirmed from the row, not from the count
+        lose_next.append(True)
+        assert store.claim("b", me)
+        assert store.reconnects == 3
+        rows = {r["key"]: r for r in store.runs(["h"])}
+        assert rows["a"]["status"] == DONE and rows["a"]["acc_after"] == 0.5 and rows["a"]["attempts"] == 1
+        assert rows["b"]["status"] == RUNNING and rows["b"]["claimed_by"] == me and rows["b"]["attempts"] == 1
+        assert not store.finish("b", {"acc_after": 0.1}, "elsewhere:1")  # a plain lost claim is still refused

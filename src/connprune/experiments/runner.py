@@ -47,7 +47,7 @@ from connprune.errors import UserError
 from connprune.experiments.config import LoadedConfig, RunSpec, expand, load_config, sparsity_text
 from connprune.experiments.store import DONE, FAILED, PENDING, RUNNING, Heartbeat, Store, default_url, \
     sanitize_url, worker_id
-from connprune.utils.io import read_json, write_json
+from connprune.utils.io import read_json, replace_dir, staging_path, write_json
 
 EXPERIMENT_JSON = "experiment.json"
 
@@ -174,8 +174,9 @@ def ensure_dense(settings: Settings, model: str, seed: int, store: Store) -> tup
     return folder, metrics
 
 
-def execute(run: RunSpec, settings: Settings, store: Store) -> dict[str, Any]:
-    """Run one grid point; returns its ``metrics.json`` dict plus the run's key, label and wall time."""
+def execute(run: RunSpec, settings: Settings, store: Store, out: Path | None = None) -> dict[str, Any]:
+    """Run one grid point, writing its checkpoint to ``out`` (default: its run folder); returns its
+    ``metrics.json`` dict plus the run's key, label and wall time."""
     from connprune.experiments.jobs import prune_job
     from connprune.utils.seed import seed_everything
 
@@ -188,13 +189,14 @@ def execute(run: RunSpec, settings: Settings, store: Store) -> dict[str, Any]:
         extra["dense_accuracy"] = dense_metrics.get("accuracy")
         extra["dense_wait_seconds"] = time.perf_counter() - started  # training it, or waiting for who does
     started = time.perf_counter()  # wall_seconds: the run itself, without the dense model
+    out = out or run_dir(settings.out_dir, run.key)
     if run.needs_trained:
         seed_everything(run.seed)
-        metrics = prune_job(run.method, run.sparsity, run_dir(settings.out_dir, run.key), checkpoint_dir=folder,
+        metrics = prune_job(run.method, run.sparsity, out, checkpoint_dir=folder,
                             data_name=settings.data, finetune_epochs=settings.fine_tune_epochs, **common)
     else:
         seed_everything(run.seed)
-        metrics = prune_job(run.method, run.sparsity, run_dir(settings.out_dir, run.key), model_name=run.model,
+        metrics = prune_job(run.method, run.sparsity, out, model_name=run.model,
                             data_name=settings.data, epochs=settings.train_epochs,
                             model_config=settings.model_options.get(run.model), **common)
     return {**metrics, **extra, "run_key": run.key, "label": run.label, "config_hash": run.config_hash,
@@ -243,7 +245,11 @@ def _order(runs: list[RunSpec], out_dir: str) -> list[str]:
 
 
 def work(settings: Settings, runs: list[RunSpec], reporter: _Reporter | None = None) -> int:
-    """Claim and execute runs from the store until none of ``runs`` is pending; returns how many this worker ran."""
+    """Claim and execute runs from the store until none of ``runs`` is pending; returns how many this worker ran.
+
+    A run's checkpoint is written to a staging folder and moves to its run folder only after the worker has checked
+    that it still holds the claim (:func:`_store_result`), so a worker whose run was reclaimed (missed heartbeats)
+    neither overwrites the row nor the folder of the worker that owns the run now."""
     reporter = reporter or _Reporter()
     me = worker_id()
     by_key = {r.key: r for r in runs}
@@ -257,23 +263,44 @@ def work(settings: Settings, runs: list[RunSpec], reporter: _Reporter | None = N
                 break
             run = by_key[key]
             reporter.started(run)
+            staging = staging_path(run_dir(settings.out_dir, key))
             try:
                 with Heartbeat(settings.store_url, key, me):
-                    metrics = execute(run, settings, store)
+                    metrics = execute(run, settings, store, staging)
             except KeyboardInterrupt:
+                shutil.rmtree(staging, ignore_errors=True)
                 store.release(key, me)
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the grid goes on
+                shutil.rmtree(staging, ignore_errors=True)
                 error = _error_text(exc)
                 store.fail(key, error, me)
                 reporter.finished(run, None, error)
                 continue
-            if not store.finish(key, metrics, me, output_dir=str(run_dir(settings.out_dir, key))):
-                reporter.finished(run, None, "lost its claim (reclaimed as stale by a --resume); result not stored")
+            lost = _store_result(store, settings, key, me, metrics, staging)
+            if lost:
+                reporter.finished(run, None, lost)
                 continue
             done += 1
             reporter.finished(run, metrics, None)
     return done
+
+
+def _store_result(store: Store, settings: Settings, key: str, me: str, metrics: dict[str, Any],
+                  staging: Path) -> str | None:
+    """Publish a finished run: re-check the claim, move the staged checkpoint into its run folder, record the
+    metrics. Returns None when stored, else why not (the claim was lost: the staged output is discarded)."""
+    folder = run_dir(settings.out_dir, key)
+    if store.holds(key, me):
+        if staging.exists():
+            replace_dir(staging, folder)
+        if store.finish(key, metrics, me, output_dir=str(folder)):
+            return None
+    shutil.rmtree(staging, ignore_errors=True)
+    status, holder = store.holder(key)
+    now = f"claimed by {holder}" if status == RUNNING and holder else f"{status or 'gone from the store'}"
+    return (f"lost its claim (reclaimed as stale after missed heartbeats; the run is now {now}); this result was "
+            "not stored and nothing of the new owner's was overwritten")
 
 
 def _worker_main(settings: Settings, runs: list[dict[str, Any]]) -> None:

@@ -32,10 +32,17 @@ way, two workers never both see a row count of one, so no run is claimed twice. 
 Rule 2 covers other machines and reused pids; it trusts the clocks of the machines to agree to within
 ``stale_after``. The reset is a compare-and-set on (claimed_by, heartbeat), so a live worker that just beat keeps
 its run. ``--resume`` also retries ``failed`` runs.
+
+**Lost connections** (a PostgreSQL server restarted, a network drop): a statement that finds its connection lost
+opens a new one and runs again (:data:`RECONNECT_DELAYS`); a write whose reply was lost with the connection is
+confirmed by reading its row. The :class:`Heartbeat` drops a broken connection and opens a new one on its next beat,
+so a worker keeps its claim through an outage shorter than ``stale_after``. Should the claim be lost anyway, the
+worker re-checks it before it stores a result (:meth:`Store.holds`) and stores nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -52,6 +59,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from connprune.errors import UserError
+from connprune.utils.io import pid_alive
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
@@ -139,21 +147,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 @lru_cache(maxsize=1)
 def versions() -> dict[str, str | None]:
     """connprune, torch and Python versions and the git commit of the source tree (``+dirty`` with local edits)."""
@@ -201,12 +194,56 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
-class Store:
-    """A results store at ``url`` (see the module docstring). Use as a context manager or call :meth:`close`."""
+def _open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` in WAL mode with a 30 s busy timeout."""
+    conn: sqlite3.Connection | None = None
+    deadline = time.monotonic() + 60
+    while True:  # switching to WAL needs a moment alone with the file: retry while another process has it
+        try:
+            conn = conn or sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise UserError(f"cannot open the SQLite results store {path}: {exc}; check the path and "
+                                "that its folder is writable") from None
+            time.sleep(0.1)
+        except sqlite3.Error as exc:
+            raise UserError(f"cannot open the SQLite results store {path}: {exc}; check the path and that "
+                            "its folder is writable") from None
 
-    def __init__(self, url: str) -> None:
+
+def _open_postgresql(url: str, display_url: str) -> Any:
+    """A psycopg connection to ``url`` (a UserError naming what to check when the server cannot be reached)."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, connect_timeout=30)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot connect to the results store {display_url}: {first}; check the "
+                        "host, port, user, database (and PGPASSWORD or ~/.pgpass), or start the server") from None
+
+
+RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds to wait before each new connection when a statement finds its connection lost (15.5 s in all)."""
+
+
+class Store:
+    """A results store at ``url`` (see the module docstring). Use as a context manager or call :meth:`close`.
+
+    A connection that is lost (a PostgreSQL server restarted, a network drop, a connection closed under the store)
+    is replaced by a new one on the next statement, retried after ``reconnect_delays``; a statement that cannot get a
+    connection within them raises. Callers whose statements must not wait (the heartbeat) pass ``()``.
+    """
+
+    def __init__(self, url: str, *, reconnect_delays: Sequence[float] = RECONNECT_DELAYS) -> None:
         self.url = url
         self.display_url = sanitize_url(url)
+        self.reconnect_delays = tuple(reconnect_delays)
+        self.reconnects = 0
         path = _sqlite_path(url)
         if path is not None:
             self.kind = "sqlite"
@@ -214,24 +251,10 @@ class Store:
                 raise UserError("the results store must be a file (several processes share it); "
                                 "e.g. --store sqlite:///runs.db")
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn: Any = None
-            deadline = time.monotonic() + 60
-            while True:  # switching to WAL needs a moment alone with the file: retry while another process has it
-                try:
-                    self.conn = self.conn or sqlite3.connect(str(path), timeout=30.0)
-                    self.conn.execute("PRAGMA busy_timeout = 30000")
-                    self.conn.execute("PRAGMA journal_mode = WAL")
-                    self.conn.execute("PRAGMA synchronous = NORMAL")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                        raise UserError(f"cannot open the SQLite results store {path}: {exc}; check the path and "
-                                        "that its folder is writable") from None
-                    time.sleep(0.1)
-                except sqlite3.Error as exc:
-                    raise UserError(f"cannot open the SQLite results store {path}: {exc}; check the path and that "
-                                    "its folder is writable") from None
+            self._path = path
             self._errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+            self._schema_races: tuple[type[BaseException], ...] = self._errors
+            self._lost: tuple[type[BaseException], ...] = (sqlite3.ProgrammingError,)
         elif url.split("://", 1)[0] in ("postgresql", "postgres"):
             self.kind = "postgresql"
             try:
@@ -239,52 +262,103 @@ class Store:
             except ImportError:
                 raise UserError("a postgresql:// results store needs the psycopg driver: "
                                 "pip install 'psycopg[binary]'") from None
-            try:
-                self.conn = psycopg.connect(url, connect_timeout=30)
-            except psycopg.Error as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"cannot connect to the results store {self.display_url}: {first}; check the "
-                                "host, port, user, database (and PGPASSWORD or ~/.pgpass), or start the server") \
-                    from None
             self._errors = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
                             psycopg.errors.UniqueViolation)
+            self._lost = (psycopg.OperationalError, psycopg.InterfaceError)
+            self._schema_races = (*self._errors, psycopg.errors.DuplicateObject, psycopg.errors.DuplicateTable)
         else:
             raise UserError(f"unknown results store {self.display_url!r}: use sqlite:///path/runs.db, a file path, "
                             "or postgresql://user@host:port/database")
+        self.conn: Any = self._connect()
         self._lock = threading.Lock()
         self._create_schema()
 
     # -- plumbing ----------------------------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        return _open_sqlite(self._path) if self.kind == "sqlite" else _open_postgresql(self.url, self.display_url)
+
+    def connection_lost(self) -> bool:
+        """Whether the current connection is unusable (closed, or broken by a lost server)."""
+        if self.kind == "postgresql":
+            return bool(self.conn.closed or self.conn.broken)
+        try:
+            self.conn.total_changes  # noqa: B018 - raises on a closed connection
+        except sqlite3.ProgrammingError:
+            return True
+        return False
+
+    def _reconnect(self) -> None:
+        """Drop the lost connection and open a new one, trying after each of ``reconnect_delays`` in turn; raises
+        what the last try raised when none succeeds (and at once when there are no delays)."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        if not self.reconnect_delays:
+            raise ConnectionError(f"lost the connection to the results store {self.display_url}")
+        for attempt, delay in enumerate(self.reconnect_delays):
+            time.sleep(delay)
+            try:
+                self.conn = self._connect()
+            except UserError:
+                if attempt == len(self.reconnect_delays) - 1:
+                    raise
+                continue
+            self.reconnects += 1
+            return
+
     def _sql(self, sql: str) -> str:
         """The SQL in this driver's parameter style (written once with ``?``)."""
         return sql.replace("?", "%s") if self.kind == "postgresql" else sql
 
+    def _execute(self, sql: str, params: Sequence[Any], many: Iterable[Sequence[Any]] | None,
+                 fetch: bool) -> tuple[list[dict[str, Any]], int]:
+        """One statement and its commit on the current connection (the caller holds the lock)."""
+        cursor = self.conn.cursor()
+        try:
+            if many is not None:
+                cursor.executemany(self._sql(sql), list(many))
+            else:
+                cursor.execute(self._sql(sql), tuple(params))
+            rows: list[dict[str, Any]] = []
+            if fetch:
+                names = [d[0] for d in cursor.description]
+                rows = [dict(zip(names, row)) for row in cursor.fetchall()]
+            count = cursor.rowcount
+            self.conn.commit()
+            return rows, count
+        except BaseException:
+            with contextlib.suppress(Exception):  # end the failed transaction (nothing to end on a lost connection)
+                self.conn.rollback()
+            raise
+        finally:
+            with contextlib.suppress(Exception):  # closing a cursor of a lost connection may fail too
+                cursor.close()
+
     def _run(self, sql: str, params: Sequence[Any] = (), *, many: Iterable[Sequence[Any]] | None = None,
              fetch: bool = False) -> tuple[list[dict[str, Any]], int]:
         """Execute one statement as its own transaction; returns (rows as dicts, rowcount). Retries on lock
-        contention (SQLite 'database is locked' after the busy timeout; PostgreSQL serialisation failures)."""
-        delay = 0.05
+        contention (SQLite 'database is locked' after the busy timeout; PostgreSQL serialisation failures) and, on a
+        new connection, when the connection was lost (see the class docstring).
+
+        A statement retried after a lost connection may have committed before the loss; the callers whose
+        row counts matter (:meth:`claim`, :meth:`finish`, :meth:`heartbeat`) confirm a zero count by reading the row.
+        """
+        many = list(many) if many is not None else None
+        delay, reconnected = 0.05, False
         for attempt in range(20):
             with self._lock:
-                cursor = self.conn.cursor()
                 try:
-                    if many is not None:
-                        cursor.executemany(self._sql(sql), list(many))
-                    else:
-                        cursor.execute(self._sql(sql), tuple(params))
-                    rows: list[dict[str, Any]] = []
-                    if fetch:
-                        names = [d[0] for d in cursor.description]
-                        rows = [dict(zip(names, row)) for row in cursor.fetchall()]
-                    count = cursor.rowcount
-                    self.conn.commit()
-                    return rows, count
-                except self._errors as exc:
-                    self.conn.rollback()
-                    if attempt == 19 or not self._retryable(exc):
+                    if self.connection_lost():
+                        raise ConnectionError(f"lost the connection to the results store {self.display_url}")
+                    return self._execute(sql, params, many, fetch)
+                except (ConnectionError, *self._lost, *self._errors) as exc:
+                    if self.connection_lost():
+                        if reconnected:
+                            raise
+                        self._reconnect()
+                        reconnected = True
+                        continue
+                    if not isinstance(exc, self._errors) or attempt == 19 or not self._retryable(exc):
                         raise
-                finally:
-                    cursor.close()
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -298,7 +372,7 @@ class Store:
         for statement in _SCHEMA:
             try:
                 self._run(statement)
-            except self._errors:  # two processes creating the same table at once on PostgreSQL
+            except self._schema_races:  # two processes creating the same table at once on PostgreSQL
                 self._run(statement)
 
     def close(self) -> None:
@@ -330,12 +404,13 @@ class Store:
         return max(count, 0)
 
     def claim(self, key: str, worker: str | None = None) -> bool:
-        """Claim ``key`` for ``worker`` if it is pending; True if this call got it."""
+        """Claim ``key`` for ``worker`` if it is pending; True if the worker holds it now (claimed by this call, or
+        by this very statement before a lost connection hid its row count)."""
         _, count = self._run(
             "UPDATE connprune_runs SET status = ?, claimed_by = ?, started_at = ?, heartbeat_at = ?, "
             "attempts = attempts + 1, error = NULL WHERE key = ? AND status = ?",
             (RUNNING, worker or worker_id(), now_iso(), time.time(), key, PENDING))
-        return count == 1
+        return count == 1 or self.holds(key, worker, RUNNING)
 
     def claim_first(self, keys: Iterable[str], worker: str | None = None) -> str | None:
         """Claim the first of ``keys`` that is still pending (in that order); None when none is."""
@@ -347,9 +422,20 @@ class Store:
         return None
 
     def heartbeat(self, key: str, worker: str | None = None) -> bool:
+        """Record that ``worker`` is still running ``key``; False if it no longer holds the claim."""
         _, count = self._run("UPDATE connprune_runs SET heartbeat_at = ? WHERE key = ? AND claimed_by = ? AND "
                              "status = ?", (time.time(), key, worker or worker_id(), RUNNING))
-        return count == 1
+        return count == 1 or self.holds(key, worker, RUNNING)
+
+    def holder(self, key: str) -> tuple[str | None, str | None]:
+        """``(status, claimed_by)`` of ``key`` now (``(None, None)`` for an unknown key)."""
+        rows, _ = self._run("SELECT status, claimed_by FROM connprune_runs WHERE key = ?", (key,), fetch=True)
+        return (rows[0]["status"], rows[0]["claimed_by"]) if rows else (None, None)
+
+    def holds(self, key: str, worker: str | None = None, status: str = RUNNING) -> bool:
+        """Whether ``key`` is in ``status`` and claimed by ``worker``: what a worker checks before it stores a result,
+        and what confirms a write whose row count was lost with its connection."""
+        return self.holder(key) == (status, worker or worker_id())
 
     def finish(self, key: str, metrics: dict[str, Any], worker: str | None = None, *,
                output_dir: str | None = None) -> bool:
@@ -364,7 +450,7 @@ class Store:
             f"{assignments} WHERE key = ? AND claimed_by = ? AND status = ?",
             [DONE, now_iso(), json.dumps(metrics, sort_keys=True), output_dir, socket.gethostname(), *values, key,
              worker or worker_id(), RUNNING])
-        return count == 1
+        return count == 1 or self.holds(key, worker, DONE)
 
     def fail(self, key: str, error: str, worker: str | None = None) -> bool:
         info = versions()
@@ -515,25 +601,63 @@ def _stale_reason(row: dict[str, Any], host: str, stale_after: float) -> str | N
 
 
 class Heartbeat:
-    """Beat for a claimed run every ``interval`` seconds from a background thread with its own connection."""
+    """Beat for a claimed run every ``interval`` seconds from a background thread with its own connection.
 
-    def __init__(self, url: str, key: str, worker: str, interval: float = HEARTBEAT_SECONDS) -> None:
-        self.url, self.key, self.worker, self.interval = url, key, worker, interval
+    A beat that fails (the server restarted, the network dropped, the connection was closed under it) drops that
+    connection; the next beat opens a new one. Retries back off from ``retry_after`` seconds, doubling up to
+    ``interval``: a short outage costs a few seconds of beats, a long one does not hammer the server, and the claim
+    stays fresh (see :meth:`Store.reclaim`) as long as the store is reachable once every ``stale_after`` seconds. A
+    beat that finds the run claimed by someone else (it was reclaimed as stale) sets :attr:`lost` and stops beating;
+    the worker re-checks its claim before it stores a result anyway (:meth:`Store.holds`).
+    """
+
+    def __init__(self, url: str, key: str, worker: str, interval: float = HEARTBEAT_SECONDS,
+                 retry_after: float = 1.0) -> None:
+        self.url, self.key, self.worker = url, key, worker
+        self.interval, self.retry_after = interval, min(retry_after, interval)
+        self.lost = threading.Event()
+        self.beats = 0          # successful beats
+        self.failures = 0       # failed beats
+        self.connections = 0    # connections opened (1 + reconnects)
+        self.last_error: str | None = None
+        self._streak = 0        # failed beats since the last success
+        self._store: Store | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat {key}", daemon=True)
 
-    def _loop(self) -> None:
-        store = None
+    def beat(self) -> float:
+        """Beat once now; returns the seconds to wait before the next beat (the back-off after a failure)."""
         try:
-            while not self._stop.wait(self.interval):
-                try:
-                    store = store or Store(self.url)
-                    store.heartbeat(self.key, self.worker)
-                except Exception:  # a missed beat is harmless; the next one retries
-                    pass
-        finally:
-            if store is not None:
+            if self._store is None:
+                self._store = Store(self.url, reconnect_delays=())
+                self.connections += 1
+            if self._store.heartbeat(self.key, self.worker):
+                self.beats += 1
+            else:
+                self.lost.set()
+            self._streak = 0
+            return self.interval
+        except Exception as exc:  # noqa: BLE001 - any failure: a new connection at the next beat
+            self.failures += 1
+            self._streak += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.drop_connection()
+            return min(self.interval, self.retry_after * 2 ** (self._streak - 1))
+
+    def drop_connection(self) -> None:
+        """Close and forget the current connection (the next beat opens a new one)."""
+        store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(Exception):
                 store.close()
+
+    def _loop(self) -> None:
+        delay = self.interval
+        try:
+            while not self.lost.is_set() and not self._stop.wait(delay):
+                delay = self.beat()
+        finally:
+            self.drop_connection()
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
