@@ -71,10 +71,10 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -137,13 +137,12 @@ class Runner:
         x = x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-    def context(self) -> ContextManager[object]:
+    @contextmanager
+    def context(self) -> Iterator[None]:
         """Eval mode (flags restored after) and no autograd: ``inference_mode`` or ``no_grad``."""
-        stack = ExitStack()
-        if self.module is not None:
-            stack.enter_context(eval_mode(self.module))
-        stack.enter_context(torch.inference_mode() if self.inference_mode else torch.no_grad())
-        return stack
+        with eval_mode(self.module) if self.module is not None else nullcontext(), \
+                torch.inference_mode() if self.inference_mode else torch.no_grad():
+            yield
 
 
 @contextmanager
