@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, save_results  # noqa: E402
 
-from connprune.experiments.jobs import prune_job, train_dense  # noqa: E402
+from connprune.experiments.jobs import PruneJob, TrainJob, prune_job, train_dense  # noqa: E402
 from connprune.experiments.plots import accuracy_vs_sparsity  # noqa: E402
 from connprune.utils.io import atomic_path  # noqa: E402
 
@@ -47,18 +47,18 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         dense_dir = Path(scratch) / "dense"
-        dense = train_dense("lenet5", "fashion-mnist", dense_dir, data_dir=args.data_dir, epochs=args.epochs,
-                            progress=False)
+        dense = train_dense(TrainJob(model="lenet5", data="fashion-mnist", out=dense_dir, data_dir=args.data_dir,
+                                     recipe={"epochs": args.epochs}, progress=False))
         print(f"dense LeNet-5: accuracy {dense['accuracy']:.4f} after {args.epochs} epochs")
         for method, params in METHODS:
             for sparsity in args.sparsities:
                 started = time.perf_counter()
                 at_init = method == "snip"
-                metrics = prune_job(
-                    method, sparsity, Path(scratch) / f"{method}-{sparsity}", params=params,
-                    checkpoint_dir=None if at_init else dense_dir, model_name="lenet5", data_name="fashion-mnist",
-                    epochs=args.epochs + args.finetune_epochs if at_init else None,
-                    finetune_epochs=0 if at_init else args.finetune_epochs, data_dir=args.data_dir, progress=False)
+                metrics = prune_job(PruneJob(
+                    method=method, sparsity=sparsity, out=Path(scratch) / f"{method}-{sparsity}", params=params,
+                    checkpoint=None if at_init else dense_dir, model="lenet5" if at_init else None,
+                    data="fashion-mnist", epochs=args.epochs + args.finetune_epochs if at_init else None,
+                    finetune_epochs=0 if at_init else args.finetune_epochs, data_dir=args.data_dir, progress=False))
                 rows.append({"method": label(method, params), "sparsity": sparsity,
                              "achieved": round(metrics["achieved_sparsity"], 4),
                              "acc_pruned_no_ft": None if at_init else round(metrics["acc_pruned"], 4),

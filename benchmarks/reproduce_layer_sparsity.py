@@ -38,8 +38,14 @@ from connprune import data, methods, models  # noqa: E402
 from connprune.data import ImageData  # noqa: E402
 from connprune.experiments.jobs import prune_model  # noqa: E402
 from connprune.measure.latency import compare_latency  # noqa: E402
-from connprune.methods.layer_sparsity import (layer_groups, merge_runs, negative_part_norm,  # noqa: E402
-                                              penalisable_links, prox_negative_part, subset)
+from connprune.methods.layer_sparsity import (  # noqa: E402
+    layer_groups,
+    merge_runs,
+    negative_part_norm,
+    penalisable_links,
+    prox_negative_part,
+    subset,
+)
 from connprune.surgery import merge  # noqa: E402
 from connprune.utils.io import read_json  # noqa: E402
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, print_table, save_results, save_text  # noqa: E402
 
 from connprune import checkpoint  # noqa: E402
-from connprune.experiments.jobs import prune_job, train_dense  # noqa: E402
+from connprune.experiments.jobs import PruneJob, TrainJob, prune_job, train_dense  # noqa: E402
 from connprune.measure.latency import latency  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -74,7 +74,8 @@ def row(model: str, method: str, metrics: dict, out_dir: Path, seconds: float) -
 
 def run_model(model: str, data_name: str, epochs: int, args, scratch: Path) -> list[dict]:
     dense_dir = scratch / f"{model}-dense"
-    dense = train_dense(model, data_name, dense_dir, data_dir=args.data_dir, epochs=epochs, progress=False)
+    dense = train_dense(TrainJob(model=model, data=data_name, out=dense_dir, data_dir=args.data_dir,
+                                 recipe={"epochs": epochs}, progress=False))
     paper_dense = PAPER.get((model, "dense"), {})
     rows = [{"model": model, "method": "dense", "params_pruned_pct": 0.0, "acc_after": round(dense["accuracy"], 4),
              "latency_ms_b1": round(cpu_latency(dense_dir), 3), "paper_accuracy_pct": paper_dense.get("accuracy"),
@@ -84,8 +85,8 @@ def run_model(model: str, data_name: str, epochs: int, args, scratch: Path) -> l
     def job(method: str, sparsity, params: dict) -> dict:
         out = scratch / f"{model}-{method}-{sparsity}"
         started = time.perf_counter()
-        metrics = prune_job(method, sparsity, out, checkpoint_dir=dense_dir, params=params,
-                            finetune_epochs=args.finetune_epochs, data_dir=args.data_dir, progress=False)
+        metrics = prune_job(PruneJob(method=method, sparsity=sparsity, out=out, checkpoint=dense_dir, params=params,
+                                     finetune_epochs=args.finetune_epochs, data_dir=args.data_dir, progress=False))
         rows.append(row(model, method, metrics, out, time.perf_counter() - started))
         print({k: v for k, v in rows[-1].items() if k != "stage_seconds"}, flush=True)
         return metrics

@@ -96,8 +96,8 @@ def pruned(network: str, label: str, density: float, train: data.ImageData, seed
     name, params = METHODS[label]
     model = fresh(network, seed)
     result = methods.create(name, seed=seed, **params).prune(model, 1.0 - density, PruneData(train=train))
-    model, masks = surgery.apply(model, result, shrink=False, input_shape=SHAPE)
-    nonzero = count_nonzero(model, masks) + sum(int(m.sum()) for m in skips.skip_masks(masks).values())
+    model, masks = surgery.apply(model, result, shrink=False, example_inputs=SHAPE)
+    nonzero = count_nonzero(model, masks) + sum(int(m.sum()) for m in skips.skip_masks(model, masks).values())
     return model, masks, nonzero
 
 
@@ -187,7 +187,9 @@ def main() -> None:
             started = time.perf_counter()
             model, masks, nonzero = pruned(args.acc_model, label, density, train, args.seed)
             initial = evaluate(model, test)["accuracy"]
-            history = Trainer(model, train, test, recipe, hooks=[MaskEnforcer(masks)], progress=False).fit().history
+            trainer = Trainer(model, train, test, recipe, progress=False)
+            MaskEnforcer(model, masks, trainer.optimizer)
+            history = trainer.fit().history
             accuracies = [initial] + [h.get("test_accuracy", h.get("accuracy")) for h in history]
             acc_rows.append({"network": args.acc_model, "density": density, "method": label,
                              "accuracy": round(100 * accuracies[-1], 2),

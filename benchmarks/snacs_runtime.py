@@ -40,9 +40,15 @@ from connprune.graph import build  # noqa: E402
 from connprune.measure import activations as acts  # noqa: E402
 from connprune.measure.mutual_information import edge_cmi_matrix, mst_cmi  # noqa: E402
 from connprune.measure.sparsity import sparsity as sparsity_of  # noqa: E402
-from connprune.methods import PruneData, create  # noqa: E402
-from connprune.methods.mint import clear_score_cache, group_labels  # noqa: E402
-from connprune.methods.mint import ChildLayer  # noqa: E402
+from connprune.methods import (  # noqa: E402
+    PruneData,
+    create,
+    score_cache,  # noqa: E402
+)
+from connprune.methods.mint import (
+    ChildLayer,  # noqa: E402
+    group_labels,  # noqa: E402
+)
 from connprune.methods.snacs import cell_weight_means, normalised_weights, phi_values  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -126,7 +132,7 @@ def whole_network(args, train) -> list[dict]:
     rows = []
     for name, path in (("vgg16", args.vgg_checkpoint), ("resnet56", args.resnet_checkpoint)):
         model = load_model(name, path, train.info).eval()
-        clear_score_cache()
+        score_cache.clear()
         method = create("snacs", samples_per_class=args.prune_per_class)
         started = time.perf_counter()
         result = method.prune(model, "auto", PruneData(train=train))

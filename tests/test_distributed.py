@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 
 from connprune.data.pipeline import Batches
 from connprune.experiments.jobs import build_model
-from connprune.train import Trainer, default_recipe
-from connprune.train import distributed
+from connprune.train import Trainer, default_recipe, distributed
 
 RECIPE = dict(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9, seed=3)
 

@@ -217,8 +217,8 @@ def test_shrunk_model_equals_masked_model(digits_train, name, config):
     model.eval()
     result = prune(model, 0.93, digits_train, hybrid_split=1)
     assert sum(result.info["gcnet_units_without_inputs"].values()) > 0
-    masked, _ = surgery.apply(copy.deepcopy(model), result, shrink=False, input_shape=(1, 8, 8))
-    shrunk, masks = surgery.apply(copy.deepcopy(model), result, shrink=True, input_shape=(1, 8, 8))
+    masked, _ = surgery.apply(copy.deepcopy(model), result, shrink=False, example_inputs=(1, 8, 8))
+    shrunk, masks = surgery.apply(copy.deepcopy(model), result, shrink=True, example_inputs=(1, 8, 8))
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(shrunk.eval()(x), masked.eval()(x), atol=1e-5, rtol=1e-5)

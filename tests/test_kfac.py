@@ -11,12 +11,19 @@ from torch import nn
 
 from connprune import methods, models, surgery
 from connprune.errors import UserError
-from connprune.experiments.jobs import prune_job
+from connprune.experiments.jobs import PruneJob, prune_job
 from connprune.graph import build
 from connprune.measure.cost import count_params
 from connprune.measure.sparsity import count_prunable, sparsity
-from connprune.methods.kfac import (KFACParams, NeuronMasks, cubic_schedule, neuron_targets, prunable_groups,
-                                    pruning_window, train_and_prune)
+from connprune.methods.kfac import (
+    KFACParams,
+    NeuronMasks,
+    cubic_schedule,
+    neuron_targets,
+    prunable_groups,
+    pruning_window,
+    train_and_prune,
+)
 from connprune.methods.network_slimming import global_removal
 from connprune.train.recipes import default_recipe
 from connprune.train.trainer import Trainer, TrainHook
@@ -47,11 +54,11 @@ class _Observer(TrainHook):
         self.checked_steps = 0
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        schedule = trainer.hooks[0]
+        schedule = trainer.hooks[0].method
         self.active.append({r: a.clone() for r, a in schedule.masks.active.items()})
 
     def after_step(self, trainer: Trainer) -> None:
-        schedule = trainer.hooks[0]
+        schedule = trainer.hooks[0].method
         parameters = dict(trainer.model.named_parameters())
         for name, keep in schedule.enforcer.masks.items():
             assert parameters[name][~keep].abs().sum() == 0.0
@@ -98,7 +105,7 @@ def test_shrunk_equals_masked_and_parameter_count(digits_train) -> None:
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     masked = trained(x)
     result = methods.PruningResult(remove=remove, model=trained, train_after=0)
-    shrunk, masks = surgery.apply(trained, result, input_shape=(1, 8, 8))
+    shrunk, masks = surgery.apply(trained, result, example_inputs=(1, 8, 8))
     assert torch.allclose(shrunk(x), masked, atol=1e-5)
     h1, h2 = 48 - len(remove["features.0"]), 32 - len(remove["features.2"])
     assert count_params(shrunk) == (64 + 1) * h1 + (h1 + 1) * h2 + (h2 + 1) * 10
@@ -118,7 +125,7 @@ def test_conv_model_shrinks_exactly(digits_train) -> None:
     trained.eval()
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     masked = trained(x)
-    shrunk, _ = surgery.apply(trained, methods.PruningResult(remove=remove, model=trained), input_shape=(1, 8, 8))
+    shrunk, _ = surgery.apply(trained, methods.PruningResult(remove=remove, model=trained), example_inputs=(1, 8, 8))
     assert shrunk.conv2.out_channels == 8 and shrunk.fc1.in_features == 8 * 2 * 2
     assert torch.allclose(shrunk(x), masked, atol=1e-5)
 
@@ -131,7 +138,7 @@ def test_residual_network_block_internal_only() -> None:
     groups = prunable_groups(graph, prune_first_conv=False, prune_residual=False)
     assert groups and all(not g.residual for g in groups) and len(groups) == 9
     targets = neuron_targets(graph, groups, 0.5, "neurons", 1)
-    masks = NeuronMasks(model, graph, groups, (1, 8, 8))
+    masks = NeuronMasks(model, graph, groups)
     root = groups[0].root
     masks.active[root][: groups[0].channels - targets[root]] = False
     with torch.no_grad():
@@ -140,7 +147,7 @@ def test_residual_network_block_internal_only() -> None:
     model.eval()
     x = torch.randn(4, 1, 8, 8)
     masked = model(x)
-    shrunk, _ = surgery.apply(model, methods.PruningResult(remove=masks.removed()), input_shape=(1, 8, 8))
+    shrunk, _ = surgery.apply(model, methods.PruningResult(remove=masks.removed()), example_inputs=(1, 8, 8))
     assert torch.allclose(shrunk(x), masked, atol=1e-5)
 
 
@@ -163,8 +170,8 @@ def test_no_pretraining_needed(tmp_path, digits_test) -> None:
     metrics.json has accuracy, params, MACs and the final spectral radius; the model is physically smaller."""
     method = methods.get("kfac")
     assert method.needs_trained is False and method.needs_training is True
-    metrics = prune_job("kfac", 0.7, tmp_path / "out", model_name="mlp", data_name="digits", epochs=2,
-                        params={"stat_every": 5, "eig_every": 10}, progress=False)
+    metrics = prune_job(PruneJob(method="kfac", sparsity=0.7, out=tmp_path / "out", model="mlp", data="digits",
+                                 epochs=2, params={"stat_every": 5, "eig_every": 10}, progress=False))
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     for key in ("acc_after", "params_after", "macs_after", "final_spectral_radius", "neuron_sparsity"):
         assert key in saved
@@ -223,7 +230,7 @@ def test_network_slimming_trains_prunes_and_fine_tunes(digits_train, digits_test
         model, 0.5, methods.PruneData(train=digits_train, test=digits_test,
                                       recipe=default_recipe("digits", epochs=2, batch_size=256)))
     assert result.train_after == 1 and result.model is model and result.remove
-    shrunk, masks = surgery.apply(model, result, input_shape=(1, 8, 8))
+    shrunk, masks = surgery.apply(model, result, example_inputs=(1, 8, 8))
     assert count_params(shrunk) < count_params(models.create("vgg11", num_classes=10, in_channels=1, input_size=8))
 
 

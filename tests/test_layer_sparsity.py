@@ -14,10 +14,17 @@ from connprune.data import ImageData
 from connprune.errors import UserError
 from connprune.experiments.jobs import prune_model
 from connprune.methods import PruneData
-from connprune.methods.l1_regularised import prox_l1, prox_row_groups, row_group_norm
-from connprune.methods.layer_sparsity import (PenaltyGroup, PenaltyHook, layer_groups, merge_runs,
-                                              negative_part_norm, penalisable_links, penalty_value,
-                                              prox_negative_part, subset)
+from connprune.methods.layer_sparsity import layer_groups, merge_runs, penalisable_links
+from connprune.methods.regularisers import (
+    PenaltyGroup,
+    PenaltyHook,
+    negative_part_norm,
+    penalty_value,
+    prox_l1,
+    prox_negative_part,
+    prox_row_groups,
+    row_group_norm,
+)
 from connprune.surgery import merge
 from connprune.train import Trainer, evaluate
 from connprune.train.recipes import TrainConfig
@@ -33,7 +40,7 @@ def _mlp(widths: list[int], info, seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def small_train(digits_train: ImageData) -> ImageData:
-    return subset(digits_train, torch.arange(640))
+    return digits_train.subset(torch.arange(640))
 
 
 # ------------------------------------------------------------------------------------------------ regulariser
@@ -166,7 +173,7 @@ def test_refit_keeps_the_architecture_and_lowers_the_training_loss(small_train: 
     method = methods.create("layer-sparsity", **{"lambda": 10.0})
     result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE))
     assert result.merge and result.train_after == 1  # a third of 3 epochs
-    merged, masks = surgery.apply(model, result, input_shape=small_train.info.input_shape)
+    merged, masks = surgery.apply(model, result, example_inputs=small_train.info.input_shape)
     shapes = {k: v.shape for k, v in merged.state_dict().items()}
     before = evaluate(merged, small_train)["loss"]
     refit = RECIPE.model_copy(update={"epochs": result.train_after, "lr": 0.01})
@@ -236,7 +243,7 @@ def test_group_l1_removes_zero_units_exactly(small_train: ImageData) -> None:
     x = torch.randn(50, *small_train.info.input_shape)
     reference = model.eval()(x)
     dense = sum(p.numel() for p in model.parameters())
-    shrunk, _ = surgery.apply(model, result, input_shape=small_train.info.input_shape)
+    shrunk, _ = surgery.apply(model, result, example_inputs=small_train.info.input_shape)
     assert shrunk is model  # the trained model travels in result.model
     widths = [m.out_features for m in shrunk.features if isinstance(m, nn.Linear)]
     assert widths == [32 - len(v) for v in result.remove.values()] and 0 < sum(widths) < 64

@@ -20,7 +20,8 @@ def test_masked_weights_stay_zero_after_finetuning(digits_train, digits_test, op
     model, masks = apply(model, result, shrink=False)
     recipe = default_recipe("digits", epochs=2, optimizer=optimizer, weight_decay=1e-3,
                             lr=0.01 if optimizer == "adam" else 0.05)
-    trainer = Trainer(model, digits_train, digits_test, recipe, hooks=[MaskEnforcer(masks)], progress=False)
+    trainer = Trainer(model, digits_train, digits_test, recipe, progress=False)
+    MaskEnforcer(model, masks, trainer.optimizer)
     trainer.fit()
     parameters = dict(model.named_parameters())
     for name, mask in masks.items():

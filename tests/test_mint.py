@@ -14,9 +14,17 @@ from connprune.graph import build
 from connprune.measure import activations as acts
 from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.measure.sparsity import sparsity as sparsity_of
-from connprune.methods import PruneData
-from connprune.methods.mint import (ChildLayer, auto_groups, cell_masks, clear_score_cache, group_labels,
-                                    plan_children, score_children, scoring_activations, select_cells)
+from connprune.methods import PruneData, score_cache
+from connprune.methods.mint import (
+    ChildLayer,
+    auto_groups,
+    cell_masks,
+    group_labels,
+    plan_children,
+    score_children,
+    scoring_activations,
+    select_cells,
+)
 from connprune.train import Trainer, default_recipe
 
 FAST = dict(samples_per_class=30)
@@ -201,7 +209,7 @@ def test_limits_are_respected_or_relaxed_explicitly(digits_train):
 
 
 def test_deterministic_and_scores_cached(digits_train):
-    clear_score_cache()
+    score_cache.clear()
     model = digits_model("lenet5")
     first = methods.create("mint", **FAST).prune(model, 0.5, PruneData(train=digits_train))
     second = methods.create("mint", **FAST).prune(copy.deepcopy(model), 0.5, PruneData(train=digits_train))
@@ -240,7 +248,9 @@ def test_masked_retraining_keeps_masked_weights_zero(digits_train):
     result = methods.create("mint", **FAST).prune(model, 0.7, PruneData(train=digits_train))
     pruned, masks = surgery.apply(model, result, shrink=False)
     recipe = default_recipe("digits", epochs=1, nesterov=True, momentum=0.9, weight_decay=5e-4)
-    Trainer(pruned, digits_train, None, recipe, hooks=[surgery.MaskEnforcer(masks)], progress=False).fit()
+    trainer = Trainer(pruned, digits_train, None, recipe, progress=False)
+    surgery.MaskEnforcer(pruned, masks, trainer.optimizer)
+    trainer.fit()
     weights = dict(pruned.named_parameters())
     assert all(torch.all(weights[k][~m] == 0) for k, m in masks.items())
 

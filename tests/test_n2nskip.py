@@ -9,7 +9,7 @@ import torch
 
 from connprune import checkpoint, methods, models, surgery
 from connprune.errors import UserError
-from connprune.experiments.jobs import prune_job
+from connprune.experiments.jobs import PruneJob, prune_job
 from connprune.measure import heat, importance
 from connprune.measure.sparsity import count_nonzero, prunable_weights
 from connprune.methods import PruneData
@@ -52,12 +52,12 @@ def test_total_nonzero_equals_the_plain_pruned_network(digits_train, base, plain
     plain = methods.create(plain_name, **plain_params).prune(build(), sparsity, PruneData(train=digits_train))
     model = build()
     result = methods.create("n2nskip", base=base).prune(model, sparsity, PruneData(train=digits_train))
-    model, masks = surgery.apply(model, result, shrink=True, input_shape=DIGITS)
+    model, masks = surgery.apply(model, result, shrink=True, example_inputs=DIGITS)
     sequential = count_nonzero(model, masks)
-    skip_nonzero = total_kept(skips.skip_masks(masks))
+    skip_nonzero = total_kept(skips.skip_masks(model, masks))
     assert sequential + skip_nonzero == total_kept(plain.masks) == result.info["nonzero_weights"]
     assert skip_nonzero == result.info["nonzero_skip"] > 0
-    slack = sum(9 if len(m.shape) == 4 else 1 for m in skips.skip_masks(masks).values())
+    slack = sum(9 if len(m.shape) == 4 else 1 for m in skips.skip_masks(model, masks).values())
     assert abs(skip_nonzero - sequential) <= 2 * slack
     assert len(prunable_weights(model)) == len(plain.masks)  # no physical shrinking with skips
 
@@ -70,8 +70,8 @@ def test_skip_fraction_zero_is_the_plain_pruned_network(digits_train):
                                                                              PruneData(train=digits_train))
     assert result.skips == [] and result.info["nonzero_skip"] == 0
     assert all(torch.equal(plain.masks[k], result.masks[k]) for k in plain.masks)
-    plain_model, _ = surgery.apply(plain_model, plain, shrink=False, input_shape=DIGITS)
-    model, _ = surgery.apply(model, result, shrink=False, input_shape=DIGITS)
+    plain_model, _ = surgery.apply(plain_model, plain, shrink=False, example_inputs=DIGITS)
+    model, _ = surgery.apply(model, result, shrink=False, example_inputs=DIGITS)
     x = torch.randn(4, *DIGITS)
     assert torch.equal(plain_model.eval()(x), model.eval()(x))
 
@@ -109,7 +109,7 @@ def test_resskip_adds_no_weights(digits_train):
     result = methods.create("resskip", base="random").prune(model, 0.9, PruneData(train=digits_train))
     plain = methods.create("random", scope="layer").prune(resnet(), 0.9, PruneData())
     assert all(torch.equal(plain.masks[k], result.masks[k]) for k in plain.masks)
-    model, masks = surgery.apply(model, result, shrink=True, input_shape=DIGITS)
+    model, masks = surgery.apply(model, result, shrink=True, example_inputs=DIGITS)
     assert set(masks) == set(plain.masks) and len(result.skips) == 9
     with pytest.raises(UserError, match="parameter-free"):
         methods.create("resskip", base="random").prune(mlp(), 0.9, PruneData(train=digits_train))
@@ -139,10 +139,10 @@ def test_prune_job_trains_saves_and_reloads(tmp_path):
     (skip_fraction 0); the checkpoint reloads with equal outputs and masks enforced; F sees the skip edges. (On this
     tiny MLP the one skip joins pixels to classes, already connected, while halving the sequential weights leaves
     more hidden units isolated, so N2NSkip's F is *not* lower here; see benchmarks/reproduce_n2nskip.py for VGG.)"""
-    shared = dict(model_name="mlp", data_name="digits", epochs=1, progress=False, seed=0)
-    metrics = prune_job("n2nskip", 0.95, tmp_path / "n2n", params={"base": "random"}, **shared)
-    plain = prune_job("n2nskip", 0.95, tmp_path / "rp", params={"base": "random", "skip_fraction": 0.0},
-                      shrink=False, **shared)
+    shared = dict(method="n2nskip", sparsity=0.95, model="mlp", data="digits", epochs=1, progress=False, seed=0)
+    metrics = prune_job(PruneJob(out=tmp_path / "n2n", params={"base": "random"}, **shared))
+    plain = prune_job(PruneJob(out=tmp_path / "rp", params={"base": "random", "skip_fraction": 0.0}, shrink=False,
+                               **shared))
     assert metrics["nonzero_weights"] == plain["nonzero_weights"] == plain_kept(
         prunable_weights(models.create("mlp", in_channels=1, input_size=8)), 0.95, "layer")
     # the one skip (64 pixels → 10 classes) holds 640 connections, fewer than half the budget: capped, reported

@@ -135,10 +135,10 @@ def test_failed_runs_are_recorded_and_retried_on_resume(tmp_path, monkeypatch, c
 
     real = jobs.prune_job
 
-    def flaky(method, *args, **kwargs):
-        if method == "random":
+    def flaky(job):
+        if job.method == "random":
             raise RuntimeError("simulated crash in random")
-        return real(method, *args, **kwargs)
+        return real(job)
 
     monkeypatch.setattr(jobs, "prune_job", flaky)
     monkeypatch.setattr(sys, "argv", ["connprune", "run", str(config), "--out", str(tmp_path / "out")])

@@ -14,8 +14,7 @@ from connprune import checkpoint, models
 from connprune.errors import UserError
 from connprune.measure import heat
 from connprune.measure.sparsity import count_prunable, prunable_weights
-from connprune.surgery import MaskEnforcer, edits
-from connprune.surgery import skips
+from connprune.surgery import MaskEnforcer, edits, skips
 from connprune.train import Trainer
 from connprune.train.recipes import TrainConfig
 
@@ -116,7 +115,7 @@ def test_branch_output_has_the_targets_preactivation_shape(build):
 def test_skip_masks_are_constant_over_kernels_and_exact():
     model = resnet()
     masks = add_all(model, fraction=0.25)
-    found = skips.skip_masks(masks)
+    found = skips.skip_masks(model, masks)
     assert len(found) == 9 and not set(found) & set(prunable_weights(model))
     for i, site in enumerate(skips.plan(resnet(), DIGITS)):
         mask = found[f"skips.{i}.conv.weight"]
@@ -174,7 +173,7 @@ def test_checkpoint_round_trip_and_deepcopy(tmp_path):
     assert [s["op"] for s in meta["skips"]] == ["skip", "skip"] and meta["skips"][0]["connections"] > 0
     loaded = checkpoint.load_checkpoint(tmp_path / "ck")
     assert torch.equal(loaded.model(x), expected)
-    assert set(skips.skip_masks(loaded.masks)) == set(skips.skip_masks(masks))
+    assert set(skips.skip_masks(loaded.model, loaded.masks)) == set(skips.skip_masks(model, masks))
     twin = copy.deepcopy(model)
     with torch.no_grad():
         twin.skips["0"].conv.weight.mul_(2.0)  # the copy's hooks run the copy's branches, not the original's
@@ -188,7 +187,9 @@ def test_masked_skip_weights_stay_zero_during_training(digits_train):
                   for name, w in prunable_weights(model).items()})
     config = TrainConfig(epochs=1, batch_size=128, lr=0.05, schedule="none")
     before = model.skips["0"].conv.weight.detach().clone()
-    Trainer(model, digits_train, None, config, hooks=[MaskEnforcer(masks)], progress=False).fit()
+    trainer = Trainer(model, digits_train, None, config, progress=False)
+    MaskEnforcer(model, masks, trainer.optimizer)
+    trainer.fit()
     weight = model.skips["0"].conv.weight.detach()
     mask = masks["skips.0.conv.weight"]
     assert torch.all(weight[~mask] == 0) and not torch.equal(weight[mask], before[mask])  # §7.6: trained, masked

@@ -23,8 +23,14 @@ from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
 from connprune.methods import snacs as snacs_module
 from connprune.methods.mint import group_labels, plan_children, score_children, select_cells
-from connprune.methods.snacs import (cell_weight_means, limit_from_curve, normalised_weights, phi_values,
-                                     protected_groups, sensitivity)
+from connprune.methods.snacs import (
+    cell_weight_means,
+    limit_from_curve,
+    normalised_weights,
+    phi_values,
+    protected_groups,
+    sensitivity,
+)
 
 FAST = dict(samples_per_class=30, groups=4)
 
@@ -249,9 +255,9 @@ def test_deterministic_and_no_training_inside(digits_train):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     first = methods.create("snacs", **FAST).prune(model, "auto", PruneData(train=digits_train))
     snacs_module._CURVE_CACHE.clear()
-    from connprune.methods.mint import clear_score_cache
+    from connprune.methods import score_cache
 
-    clear_score_cache()
+    score_cache.clear()
     second = methods.create("snacs", **FAST).prune(copy.deepcopy(model), "auto", PruneData(train=digits_train))
     assert all(torch.equal(first.masks[k], second.masks[k]) for k in first.masks)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

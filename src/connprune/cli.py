@@ -118,21 +118,17 @@ def train(
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a dense model and write a checkpoint directory."""
-    from connprune.experiments.jobs import parse_param_values, train_dense
+    from connprune.experiments.jobs import TrainJob, parse_param_values, train_dense
 
-    overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer).items()
-                 if v is not None}
-    result = train_dense(model, data, out_dir, data_dir=data_dir, seed=seed, resume=resume,
-                         progress=not as_json, model_config=parse_param_values(model_param, "--model-param"),
-                         **overrides)
+    recipe = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer).items()
+              if v is not None}
+    job = TrainJob.build(model=model, data=data, out=out_dir, data_dir=data_dir, seed=seed, resume=resume,
+                         progress=not as_json, model_options=parse_param_values(model_param, "--model-param"),
+                         recipe=recipe)
+    result = train_dense(job)
     table = make_table(f"trained {model} on {data} → {out_dir}", ["metric", "value"],
                        [[k, v] for k, v in result.items() if not isinstance(v, (dict, list))])
     emit(result, as_json, table)
-
-
-HEAT_T_MULTIPLES = (1, 10, 100)
-"""``eval --connectivity`` reports F at the reference's settling time t_sat (``heat_distance``), at these multiples of
-its scree saturation time t*, and at t = ∞ (:meth:`connprune.measure.heat.HeatComparison.summary`)."""
 
 
 @app.command("eval")
@@ -152,47 +148,11 @@ def eval_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Accuracy of a checkpoint, clean and under distribution shift (and its cost with --cost)."""
-    from connprune.checkpoint import load_checkpoint
-    from connprune.data.shift import robustness
-    from connprune.train import evaluate, evaluate_shift
+    from connprune.experiments.jobs import EvalJob, evaluate_job
 
-    loaded = load_checkpoint(checkpoint)
-    name = data or loaded.meta.get("data", {}).get("name")
-    if not name:
-        raise UserError(f"{checkpoint}/model.json does not name its data set; pass --data NAME")
-    test_data = data_mod.load(name, "test", data_dir)
-    result: dict[str, Any] = dict(evaluate(loaded.model, test_data))
-    shifted = evaluate_shift(loaded.model, test_data, shift, data_dir=data_dir, seed=seed)
-    if shifted:
-        result["shift"] = shifted
-        result.update(robustness(shifted, result["accuracy"]))
-    rows = [["clean", result["accuracy"]]] + [[k, v] for k, v in shifted.items()]
-    rows += [[k, result[k]] for k in ("mca", "relative_robustness") if k in result]
-    if with_cost:
-        from connprune.measure import cost
-        from connprune.measure.latency import latency
-
-        shape = test_data.info.input_shape
-        measured = cost(loaded.model, shape)
-        result.update(params=measured.params, macs=measured.macs,
-                      latency_ms_b1=latency(loaded.model, shape, 1).median_ms,
-                      latency_ms_b64=latency(loaded.model, shape, 64).median_ms)
-        rows += [[k, result[k]] for k in ("params", "macs", "latency_ms_b1", "latency_ms_b64")]
-    if connectivity is not None:
-        from connprune.measure import heat
-
-        reference = load_checkpoint(connectivity)
-        shape = test_data.info.input_shape
-        if heat_taps not in ("all", "first"):
-            raise UserError(f"--heat-taps {heat_taps!r}: choose all or first")
-        comparison = heat.compare(reference.model, loaded.model, shape, masks=loaded.masks,
-                                  reference_masks=reference.masks, taps=heat_taps)
-        result.update(comparison.summary(HEAT_T_MULTIPLES))
-        if scree is not None:
-            result["scree"] = str(heat.scree_plot({"reference": comparison.reference,
-                                                   "checkpoint": comparison.pruned}, scree))
-        rows += [[k, result[k]] for k in ("heat_distance", "heat_t", "heat_t_star")]
-        rows += [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
+    job = EvalJob.build(checkpoint=checkpoint, data=data, data_dir=data_dir, shift=shift, seed=seed, cost=with_cost,
+                        connectivity=connectivity, heat_taps=heat_taps, scree=scree)
+    result, rows, name = evaluate_job(job)
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))
 
@@ -228,13 +188,14 @@ def prune(
     as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model and write the (physically smaller) checkpoint with metrics.json."""
-    from connprune.experiments.jobs import parse_param_values, parse_sparsity, prune_job
+    from connprune.experiments.jobs import PruneJob, parse_param_values, parse_sparsity, prune_job
 
-    metrics = prune_job(method, parse_sparsity(sparsity), out_dir, checkpoint_dir=checkpoint, model_name=model,
-                        data_name=data, epochs=epochs, params=parse_param_values(param),
-                        finetune_epochs=finetune_epochs, data_dir=data_dir, shift=shift, seed=seed,
-                        shrink=not no_shrink, progress=not as_json,
-                        model_config=parse_param_values(model_param, "--model-param"))
+    job = PruneJob.build(method=method, sparsity=parse_sparsity(sparsity), out=out_dir, checkpoint=checkpoint,
+                         model=model, data=data, epochs=epochs, params=parse_param_values(param),
+                         finetune_epochs=finetune_epochs, data_dir=data_dir, shift=shift, seed=seed,
+                         shrink=not no_shrink, progress=not as_json,
+                         model_options=parse_param_values(model_param, "--model-param"))
+    metrics = prune_job(job)
     shown = ["target_sparsity", "achieved_sparsity", "params_before", "params_after", "macs_before", "macs_after",
              "acc_before", "acc_after", "prune_seconds", "finetune_seconds"]
     emit(metrics, as_json, make_table(f"{method} → {out_dir}", ["metric", "value"],

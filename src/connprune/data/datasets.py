@@ -89,6 +89,10 @@ class ImageData:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def subset(self, indices: torch.Tensor) -> ImageData:
+        """The samples ``indices`` of this split (same info and split name)."""
+        return ImageData(images=self.images[indices], labels=self.labels[indices], info=self.info, split=self.split)
+
 
 @dataclass
 class Found:

@@ -32,9 +32,10 @@ Unknown keys, wrong types and unknown names are :class:`UserError`\\ s that name
 ``sparsities`` replace the global ones). A run's key is ``<model>-<label>-sp<sparsity>-s<seed>-<digest>`` where the
 digest covers the :func:`config_hash`, the model, the method, its full parameters, the sparsity and the seed.
 
-**Config hash.** :func:`config_hash` covers what changes a run's result besides its grid coordinates: the data set,
-the resolved training recipe, the fine-tune recipe, the shift spec and the model options (when given). Adding a sparsity, a seed or a method to a
-config keeps the hash (finished runs are reused); changing the recipe changes it (every run is new).
+**Config hash.** :func:`config_hash` covers what changes a run's result besides its grid coordinates: the data set, the
+resolved training recipe, the fine-tune recipe, the shift spec and the model options (when given). Adding a sparsity, a
+seed or a method to a config keeps the hash (finished runs are reused); changing the recipe changes it (every run is
+new).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -310,15 +312,30 @@ def parse_config(text: str, file: str = "<config>", path: Path | None = None) ->
     return LoadedConfig(config=config, path=path, text=text, hash=config_hash(config))
 
 
+Fail = Callable[[tuple, str], None]
+"""Records one problem at a location of the config (``(loc, message)``)."""
+
+
 def _check_semantics(config: ExperimentConfig, locate: _Locator) -> None:
     """Names against the registries, the recipe against TrainConfig, method parameters, sparsities, shift, paper."""
-    from connprune import data, methods, models
-    from connprune.data.shift import parse_shift
-
     problems: list[str] = []
 
     def fail(loc: tuple, message: str) -> None:
         problems.append(locate.error(loc, message))
+
+    _check_models(config, fail)
+    _check_data_and_recipe(config, fail)
+    labels = _check_methods(config, fail)
+    if len(set(config.seeds)) != len(config.seeds):
+        fail(("seeds",), "a seed is listed twice")
+    _check_paper(config, labels, fail)
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def _check_models(config: ExperimentConfig, fail: Fail) -> None:
+    """Model names and their constructor options."""
+    from connprune import models
 
     for i, name in enumerate(config.models):
         if name not in models.names():
@@ -335,21 +352,40 @@ def _check_semantics(config: ExperimentConfig, locate: _Locator) -> None:
             models.resolve_config(name, **options)
         except UserError as exc:
             fail(("model-options", name), str(exc))
+
+
+def _check_data_and_recipe(config: ExperimentConfig, fail: Fail) -> None:
+    """The data set, the training recipe and the shift spec."""
+    from connprune import data
+    from connprune.data.shift import parse_shift
+    from connprune.train.recipes import TrainConfig
+
     if config.data not in data.names():
         fail(("data",), f"unknown data set {config.data!r}; choose one of: {', '.join(data.names())}")
-    elif data.info(config.data).shift_only:
+        return
+    if data.info(config.data).shift_only:
         fail(("data",), f"{config.data!r} is a test-only shift set; train on its base set and name it under shift:")
+        return
     if "seed" in config.train:
         fail(("train", "seed"), "the seed comes from `seeds:`; remove it from train:")
-    elif config.data in data.names():
-        from connprune.train.recipes import TrainConfig
-
+    else:
         try:
             TrainConfig(**config.train)
         except ValidationError as exc:
             for err in exc.errors():
                 allowed = [k for k in TrainConfig.model_fields if k != "seed"]
                 fail(("train", *err["loc"]), _pydantic_message(err, allowed))
+    info = data.info(config.data)
+    try:
+        parse_shift(config.shift, channels=info.input_shape[0], base_dataset=info.name)
+    except UserError as exc:
+        fail(("shift",), str(exc))
+
+
+def _check_methods(config: ExperimentConfig, fail: Fail) -> dict[str, int]:
+    """Method names, parameters, labels, repeats and sparsities; returns label → entry index."""
+    from connprune import methods
+
     labels: dict[str, int] = {}
     seen_runs: dict[str, int] = {}
     for i, entry in enumerate(config.methods):
@@ -379,38 +415,37 @@ def _check_semantics(config: ExperimentConfig, locate: _Locator) -> None:
         seen_runs[signature] = i
         if not re.fullmatch(r"[A-Za-z0-9._+=-]+", entry.display):
             fail(("methods", i, "label"), f"label {entry.display!r} may only use letters, digits and . _ + = -")
-        sparsities = config.sparsities_of(entry)
-        if not sparsities:
-            fail(("methods", i), "no sparsities: give `sparsities:` at the top level or in this method")
-        method = cls(**entry.params)
-        where = ("methods", i, "sparsities") if entry.sparsities is not None else ("sparsities",)
-        for j, sparsity in enumerate(sparsities):
-            try:
-                method.check_sparsity(sparsity)
-            except UserError as exc:
-                fail(where + (j,), f"{entry.display}: {exc}")
-    if len(set(config.seeds)) != len(config.seeds):
-        fail(("seeds",), "a seed is listed twice")
-    if config.data in data.names() and not data.info(config.data).shift_only:
-        info = data.info(config.data)
+        _check_sparsities(config, entry, i, cls(**entry.params), fail)
+    return labels
+
+
+def _check_sparsities(config: ExperimentConfig, entry: Any, i: int, method: Any, fail: Fail) -> None:
+    sparsities = config.sparsities_of(entry)
+    if not sparsities:
+        fail(("methods", i), "no sparsities: give `sparsities:` at the top level or in this method")
+    where = ("methods", i, "sparsities") if entry.sparsities is not None else ("sparsities",)
+    for j, sparsity in enumerate(sparsities):
         try:
-            parse_shift(config.shift, channels=info.input_shape[0], base_dataset=info.name)
+            method.check_sparsity(sparsity)
         except UserError as exc:
-            fail(("shift",), str(exc))
-    if config.paper is not None:
-        for model, per_method in config.paper.accuracy.items():
-            if model not in config.models:
-                fail(("paper", "accuracy", model), f"model {model!r} is not in models: ({', '.join(config.models)})")
-            for label, per_sparsity in per_method.items():
-                if label not in labels:
-                    fail(("paper", "accuracy", model, label),
-                         f"method {label!r} is not a method label of this config ({', '.join(labels)})")
-                for sparsity, acc in per_sparsity.items():
-                    if not 0.0 <= acc <= 1.0:
-                        fail(("paper", "accuracy", model, label, sparsity),
-                             f"accuracy {acc} is not a fraction in [0, 1] (write 91.3% as 0.913)")
-    if problems:
-        raise UserError("; ".join(problems))
+            fail(where + (j,), f"{entry.display}: {exc}")
+
+
+def _check_paper(config: ExperimentConfig, labels: dict[str, int], fail: Fail) -> None:
+    """The paper's numbers name models and method labels of this config, as fractions."""
+    if config.paper is None:
+        return
+    for model, per_method in config.paper.accuracy.items():
+        if model not in config.models:
+            fail(("paper", "accuracy", model), f"model {model!r} is not in models: ({', '.join(config.models)})")
+        for label, per_sparsity in per_method.items():
+            if label not in labels:
+                fail(("paper", "accuracy", model, label),
+                     f"method {label!r} is not a method label of this config ({', '.join(labels)})")
+            for sparsity, acc in per_sparsity.items():
+                if not 0.0 <= acc <= 1.0:
+                    fail(("paper", "accuracy", model, label, sparsity),
+                         f"accuracy {acc} is not a fraction in [0, 1] (write 91.3% as 0.913)")
 
 
 # -- hashing and the grid ------------------------------------------------------------------------------------------
@@ -448,11 +483,6 @@ class RunSpec:
     sparsity: Sparsity = 0.0
     seed: int = 0
     needs_trained: bool = True
-
-    @property
-    def dense_name(self) -> str:
-        """The folder name of the dense model this run prunes (``<model>-s<seed>``)."""
-        return f"{self.model}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

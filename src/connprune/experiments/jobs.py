@@ -1,4 +1,9 @@
-"""Jobs shared by the CLI, the demo and experiment grids."""
+"""Jobs shared by the CLI, the demo and experiment grids: one validated spec per command, one function per spec.
+
+The CLI fills a spec from its flags and the runner from a config row (:class:`TrainJob`, :class:`PruneJob`,
+:class:`EvalJob`); :func:`train_dense`, :func:`prune_job` and :func:`evaluate_job` run them. A bad value is a
+:class:`~connprune.errors.UserError` naming the option, never a validation traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from connprune import checkpoint, data, methods, models, surgery
@@ -20,8 +26,86 @@ from connprune.measure.sparsity import count_nonzero, count_prunable
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
 from connprune.surgery import MaskEnforcer, apply_masks
-from connprune.train import Trainer, default_recipe, distributed, evaluate, evaluate_shift
+from connprune.train import TrainConfig, Trainer, default_recipe, distributed, evaluate, evaluate_shift
 from connprune.utils.seed import default_device, seed_everything
+
+# --------------------------------------------------------------------------------------------------------- specs
+
+
+class JobSpec(BaseModel):
+    """Base of the job specs: unknown fields are errors; :meth:`build` turns validation errors into UserErrors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @classmethod
+    def build(cls, **fields: Any) -> Any:
+        """The validated spec, or a UserError naming the first bad option (``--epochs -1`` → "--epochs ...")."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise _option_error(exc) from None
+
+
+def _option_error(exc: ValidationError) -> UserError:
+    """A one-line UserError naming the first invalid option of a validation error."""
+    error = exc.errors()[0]
+    option = "--" + "-".join(str(p) for p in error["loc"]).replace("_", "-")
+    return UserError(f"{option}: {error['msg']} (got {error.get('input')!r}); see --help")
+
+
+class TrainJob(JobSpec):
+    """``connprune train``: a dense model trained on a data set, saved as a checkpoint."""
+
+    model: str
+    data: str = "digits"
+    out: Path
+    data_dir: Path | None = None
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the data set's default recipe (epochs, batch_size, lr, optimizer, ...)."""
+
+
+class PruneJob(JobSpec):
+    """``connprune prune``: prune a trained checkpoint (or a fresh zoo model, for methods that prune at
+    initialisation or while training), evaluate, and save the pruned model with ``metrics.json``."""
+
+    method: str
+    sparsity: float | Literal["auto"]
+    out: Path
+    checkpoint: Path | None = None
+    model: str | None = None
+    data: str | None = None
+    epochs: int | None = Field(None, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    finetune_epochs: int = Field(0, ge=0)
+    data_dir: Path | None = None
+    shift: str = "none"
+    seed: int = 0
+    shrink: bool = True
+    progress: bool = True
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the data set's default recipe, as for the dense model (a config's ``train:``)."""
+    model_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalJob(JobSpec):
+    """``connprune eval``: clean and shifted accuracy of a checkpoint, its cost and its connectivity."""
+
+    checkpoint: Path
+    data: str | None = None
+    data_dir: Path | None = None
+    shift: str = "none"
+    seed: int = 0
+    cost: bool = False
+    connectivity: Path | None = None
+    heat_taps: Literal["all", "first"] = "all"
+    scree: Path | None = None
+
+
+# ----------------------------------------------------------------------------------------------------- training
 
 
 def build_model(name: str, info: DatasetInfo, seed: int, **config: Any) -> nn.Module:
@@ -35,48 +119,37 @@ def build_model(name: str, info: DatasetInfo, seed: int, **config: Any) -> nn.Mo
     return models.create(name, num_classes=info.num_classes, in_channels=channels, input_size=size, **config)
 
 
-def train_dense(
-    model_name: str,
-    data_name: str,
-    out_dir: str | Path,
-    *,
-    data_dir: str | Path | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
-    model_config: dict[str, Any] | None = None,
-    **recipe: Any,
-) -> dict[str, Any]:
-    """Train ``model_name`` (built with constructor options ``model_config``, e.g. ``small_input`` or ``widths``)
-    on ``data_name`` and save the checkpoint to ``out_dir``; returns its metrics.
+def train_dense(job: TrainJob) -> dict[str, Any]:
+    """Train ``job.model`` (built with ``job.model_options``, e.g. ``small_input`` or ``widths``) on ``job.data``
+    and save the checkpoint to ``job.out``; returns its metrics.
 
     The per-epoch training state lives in a hidden sibling ``.<out>.partial`` until the run finishes, so
-    ``out_dir`` only ever holds a complete checkpoint; ``resume`` continues from that state.
+    ``out`` only ever holds a complete checkpoint; ``resume`` continues from that state.
 
     Under ``torchrun`` the run is data-parallel (the recipe's ``batch_size`` is the global batch) and only rank 0
     writes the checkpoint and removes the state directory.
     """
     distributed.init_from_env()
-    out_dir = Path(out_dir)
+    out_dir = Path(job.out)
     state_dir = out_dir.parent / f".{out_dir.name}.partial"
-    if resume and (out_dir / checkpoint.MODEL_JSON).is_file() and not state_dir.exists():
+    if job.resume and (out_dir / checkpoint.MODEL_JSON).is_file() and not state_dir.exists():
         return checkpoint.load_checkpoint(out_dir).metrics  # finished before: nothing left to do
-    if not resume and state_dir.exists() and distributed.is_main():
+    if not job.resume and state_dir.exists() and distributed.is_main():
         shutil.rmtree(state_dir)
     distributed.barrier()
-    info = data.info(data_name)
+    info = data.info(job.data)
     if info.shift_only:
-        raise UserError(f"{data_name} is a test-only shift set; train on its base set and evaluate with "
-                        f"--shift {data_name}")
-    train_data = data.load(data_name, "train", data_dir, seed=seed)
-    test_data = data.load(data_name, "test", data_dir, seed=seed)
-    model = build_model(model_name, info, seed, **(model_config or {}))
-    config = default_recipe(data_name, seed=seed, **recipe)
-    trainer = Trainer(model, train_data, test_data, config, state_dir=state_dir, progress=progress,
-                      description=f"{model_name}/{data_name}")
-    result = trainer.fit(resume=resume)
+        raise UserError(f"{job.data} is a test-only shift set; train on its base set and evaluate with "
+                        f"--shift {job.data}")
+    train_data = data.load(job.data, "train", job.data_dir, seed=job.seed)
+    test_data = data.load(job.data, "test", job.data_dir, seed=job.seed)
+    model = build_model(job.model, info, job.seed, **job.model_options)
+    config = _recipe(job.data, seed=job.seed, **job.recipe)
+    trainer = Trainer(model, train_data, test_data, config, state_dir=state_dir, progress=job.progress,
+                      description=f"{job.model}/{job.data}")
+    result = trainer.fit(resume=job.resume)
     metrics = {
-        "model": model_name, "data": data_name, "seed": seed, "epochs": config.epochs,
+        "model": job.model, "data": job.data, "seed": job.seed, "epochs": config.epochs,
         "accuracy": result.final["accuracy"], "loss": result.final["loss"], "samples": result.final["samples"],
         "train_seconds": result.seconds, "recipe": config.model_dump(), "history": result.history,
     }
@@ -85,6 +158,17 @@ def train_dense(
         shutil.rmtree(state_dir, ignore_errors=True)
     distributed.barrier()
     return metrics
+
+
+def _recipe(dataset: str, **overrides: Any) -> TrainConfig:
+    """The data set's default recipe with ``overrides``; a bad value is a UserError naming it."""
+    try:
+        return default_recipe(dataset, **overrides)
+    except ValidationError as exc:
+        raise _option_error(exc) from None
+
+
+# ------------------------------------------------------------------------------------------------------ parsing
 
 
 def parse_param_values(pairs: list[str], option: str = "--param") -> dict[str, Any]:
@@ -112,6 +196,9 @@ def parse_sparsity(text: str) -> float | str:
         raise UserError(f"--sparsity {text!r} is neither a number in [0, 1) nor 'auto'") from None
 
 
+# ------------------------------------------------------------------------------------------------------ pruning
+
+
 def _accuracies(model: nn.Module, test_data: ImageData, shift: str, data_dir: Any, seed: int) -> tuple[float, dict]:
     clean = evaluate(model, test_data)["accuracy"]
     return clean, evaluate_shift(model, test_data, shift, data_dir=data_dir, seed=seed)
@@ -131,14 +218,15 @@ def prune_model(
     shrink: bool = True,
     progress: bool = True,
     recipe_overrides: dict[str, Any] | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
     """Prune ``model`` with ``method``, then train it ``train_epochs`` with the masks enforced (a fine-tune at a
     tenth of the recipe's learning rate for methods that prune a trained model; full training for methods that
     prune at initialisation). ``recipe_overrides`` change the data set's default recipe (as for the dense model).
     Methods that train while they prune (``needs_training``) get a recipe of ``train_epochs`` epochs and train
-    themselves; after surgery they train ``result.train_after`` epochs (e.g. a refit). With a shift, the mean
-    corrupted accuracy (over the synthetic corruptions) is reported as ``mca_before/after`` and its ratio to the
-    clean accuracy as ``relative_robustness_before/after``.
+    themselves; after surgery they train ``result.train_after`` epochs (e.g. a refit). ``masks`` are those of an
+    already pruned model: they are kept. With a shift, the mean corrupted accuracy (over the synthetic corruptions)
+    is reported as ``mca_before/after`` and its ratio to the clean accuracy as ``relative_robustness_before/after``.
     Returns the pruned model, its masks, and the contract's ``metrics.json`` fields."""
     sparsity = method.check_sparsity(sparsity)
     info = train_data.info
@@ -149,22 +237,24 @@ def prune_model(
     acc_before, shift_before = _accuracies(model, test_data, shift, data_dir, seed)
     overrides = {**method.recipe_overrides,
                  **{k: v for k, v in (recipe_overrides or {}).items() if k not in ("epochs", "seed")}}
-    recipe = default_recipe(info.name, **overrides, seed=seed, epochs=train_epochs)
+    recipe = _recipe(info.name, **overrides, seed=seed, epochs=train_epochs)
     if method.needs_trained:
         recipe = recipe.model_copy(update={"lr": recipe.lr * 0.1})
     started = time.perf_counter()
     result = method.prune(model, sparsity, PruneData(train=train_data, test=test_data, recipe=recipe, device=device,
-                                                     progress=progress))
-    model, masks = surgery.apply(model, result, shrink=shrink, input_shape=info.input_shape)
+                                                     progress=progress, example_inputs=info.input_shape,
+                                                     masks=masks))
+    model, masks = surgery.apply(model, result, shrink=shrink, example_inputs=info.input_shape)
     prune_seconds = time.perf_counter() - started
     acc_pruned = evaluate(model, test_data)["accuracy"]
     finetune_seconds = 0.0
     epochs_after = _epochs_after(method, result, train_epochs)
     if epochs_after > 0:
         trainer = Trainer(model, train_data, test_data, recipe.model_copy(update={"epochs": epochs_after}),
-                          hooks=[MaskEnforcer(masks)], progress=progress,
+                          progress=progress,
                           description=f"{'train' if method.needs_training or not method.needs_trained else 'fine-tune'}"
                                       f" {method.name}")
+        MaskEnforcer(model, masks, trainer.optimizer)
         finetune_seconds = trainer.fit().seconds
     acc_after, shift_after = _accuracies(model, test_data, shift, data_dir, seed)
     after = cost(model, info.input_shape)
@@ -194,57 +284,100 @@ def _epochs_after(method: methods.PruningMethod, result: methods.PruningResult, 
     return 0 if method.needs_training else train_epochs
 
 
-def prune_job(
-    method_name: str,
-    sparsity: float | str,
-    out_dir: str | Path,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    model_name: str | None = None,
-    data_name: str | None = None,
-    epochs: int | None = None,
-    params: dict[str, Any] | None = None,
-    finetune_epochs: int = 0,
-    data_dir: str | Path | None = None,
-    shift: str = "none",
-    seed: int = 0,
-    shrink: bool = True,
-    progress: bool = True,
-    recipe_overrides: dict[str, Any] | None = None,
-    model_config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``connprune prune``: prune a trained checkpoint (or, for methods that prune at initialisation or while
-    training, a fresh ``model_name`` on ``data_name`` trained ``epochs``), evaluate, and save the pruned (physically
-    smaller) model with ``metrics.json`` as the contract describes. Under ``torchrun`` every rank prunes (the
-    methods are seeded, so identically), the training runs data-parallel and only rank 0 writes."""
-    distributed.init_from_env()
-    method = methods.create(method_name, **{"seed": seed, **(params or {})})
-    sparsity = method.check_sparsity(sparsity)
+def _model_to_prune(job: PruneJob, method: methods.PruningMethod) -> tuple[nn.Module, str, int, dict]:
+    """(model, data set name, epochs to train after surgery, masks it already carries) for ``job``."""
     if method.needs_trained:
-        if checkpoint_dir is None:
-            raise UserError(f"method {method_name!r} prunes a trained model: pass --checkpoint DIR "
+        if job.checkpoint is None:
+            raise UserError(f"method {job.method!r} prunes a trained model: pass --checkpoint DIR "
                             "(written by `connprune train`)")
-        loaded = checkpoint.load_checkpoint(checkpoint_dir)
-        model = apply_masks(loaded.model, loaded.masks)
-        data_name = data_name or loaded.meta.get("data", {}).get("name")
-        if not data_name:
-            raise UserError(f"{checkpoint_dir}/model.json does not name its data set; pass --data NAME")
-        train_epochs = finetune_epochs
-        if model_config:
+        if job.model_options:
             raise UserError("--model-param configures a fresh model; a checkpoint's model is rebuilt from its "
                             "model.json, so drop --model-param when pruning --checkpoint")
-    else:
-        if model_name is None or data_name is None:
-            raise UserError(f"method {method_name!r} prunes at initialisation: pass --model NAME --data NAME "
-                            "--epochs N instead of --checkpoint")
-        model = build_model(model_name, data.info(data_name), seed, **(model_config or {}))
-        train_epochs = epochs if epochs is not None else default_recipe(data_name).epochs
-    train_data = data.load(data_name, "train", data_dir, seed=seed)
-    test_data = data.load(data_name, "test", data_dir, seed=seed)
+        loaded = checkpoint.load_checkpoint(job.checkpoint)
+        data_name = job.data or loaded.meta.get("data", {}).get("name")
+        if not data_name:
+            raise UserError(f"{job.checkpoint}/model.json does not name its data set; pass --data NAME")
+        return apply_masks(loaded.model, loaded.masks), data_name, job.finetune_epochs, loaded.masks
+    if job.model is None or job.data is None:
+        raise UserError(f"method {job.method!r} prunes at initialisation: pass --model NAME --data NAME "
+                        "--epochs N instead of --checkpoint")
+    model = build_model(job.model, data.info(job.data), job.seed, **job.model_options)
+    epochs = job.epochs if job.epochs is not None else default_recipe(job.data).epochs
+    return model, job.data, epochs, {}
+
+
+def prune_job(job: PruneJob) -> dict[str, Any]:
+    """``connprune prune``: run ``job`` and save the pruned (physically smaller) model with ``metrics.json`` as
+    the contract describes; returns the metrics. Under ``torchrun`` every rank prunes (the methods are seeded, so
+    identically), the training runs data-parallel and only rank 0 writes."""
+    distributed.init_from_env()
+    method = methods.create(job.method, **{"seed": job.seed, **job.params})
+    sparsity = method.check_sparsity(job.sparsity)
+    model, data_name, train_epochs, masks = _model_to_prune(job, method)
+    train_data = data.load(data_name, "train", job.data_dir, seed=job.seed)
+    test_data = data.load(data_name, "test", job.data_dir, seed=job.seed)
     model, masks, metrics = prune_model(model, method, sparsity, train_data, test_data, train_epochs=train_epochs,
-                                        shift=shift, data_dir=data_dir, seed=seed, shrink=shrink, progress=progress,
-                                        recipe_overrides=recipe_overrides)
+                                        shift=job.shift, data_dir=job.data_dir, seed=job.seed, shrink=job.shrink,
+                                        progress=job.progress, recipe_overrides=job.recipe, masks=masks or None)
     if distributed.is_main():
-        checkpoint.save(model, out_dir, data_info=train_data.info.to_json(), metrics=metrics, masks=masks)
+        checkpoint.save(model, job.out, data_info=train_data.info.to_json(), metrics=metrics, masks=masks)
     distributed.barrier()
     return metrics
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+
+HEAT_T_MULTIPLES = (1, 10, 100)
+"""``eval --connectivity`` reports F at the reference's settling time t_sat (``heat_distance``), at these multiples of
+its scree saturation time t*, and at t = ∞ (:meth:`connprune.measure.heat.HeatComparison.summary`)."""
+
+
+def evaluate_job(job: EvalJob) -> tuple[dict[str, Any], list[list[Any]], str]:
+    """``connprune eval``: (the JSON result, table rows ``[evaluation, value]``, the data set's name)."""
+    loaded = checkpoint.load_checkpoint(job.checkpoint)
+    name = job.data or loaded.meta.get("data", {}).get("name")
+    if not name:
+        raise UserError(f"{job.checkpoint}/model.json does not name its data set; pass --data NAME")
+    test_data = data.load(name, "test", job.data_dir)
+    result: dict[str, Any] = dict(evaluate(loaded.model, test_data))
+    shifted = evaluate_shift(loaded.model, test_data, job.shift, data_dir=job.data_dir, seed=job.seed)
+    if shifted:
+        result["shift"] = shifted
+        result.update(robustness(shifted, result["accuracy"]))
+    rows = [["clean", result["accuracy"]]] + [[k, v] for k, v in shifted.items()]
+    rows += [[k, result[k]] for k in ("mca", "relative_robustness") if k in result]
+    shape = test_data.info.input_shape
+    if job.cost:
+        rows += _cost_rows(loaded.model, shape, result)
+    if job.connectivity is not None:
+        rows += _connectivity_rows(job, loaded, shape, result)
+    return result, rows, name
+
+
+def _cost_rows(model: nn.Module, shape: tuple[int, ...], result: dict[str, Any]) -> list[list[Any]]:
+    from connprune.measure.latency import latency
+
+    measured = cost(model, shape)
+    result.update(params=measured.params, macs=measured.macs, latency_ms_b1=latency(model, shape, 1).median_ms,
+                  latency_ms_b64=latency(model, shape, 64).median_ms)
+    return [[k, result[k]] for k in ("params", "macs", "latency_ms_b1", "latency_ms_b64")]
+
+
+def _connectivity_rows(job: EvalJob, loaded: checkpoint.Checkpoint, shape: tuple[int, ...],
+                       result: dict[str, Any]) -> list[list[Any]]:
+    from connprune.measure import heat
+
+    assert job.connectivity is not None
+    reference = checkpoint.load_checkpoint(job.connectivity)
+    comparison = heat.compare(reference.model, loaded.model, shape, masks=loaded.masks,
+                              reference_masks=reference.masks, taps=job.heat_taps)
+    result.update(comparison.summary(HEAT_T_MULTIPLES))
+    if job.scree is not None:
+        result["scree"] = str(heat.scree_plot({"reference": comparison.reference, "checkpoint": comparison.pruned},
+                                              job.scree))
+    rows = [[k, result[k]] for k in ("heat_distance", "heat_t", "heat_t_star")]
+    return rows + [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
+
+
+__all__ = ["EvalJob", "HEAT_T_MULTIPLES", "PruneJob", "TrainJob", "build_model", "evaluate_job",
+           "parse_param_values", "parse_sparsity", "prune_job", "prune_model", "train_dense"]

@@ -45,8 +45,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from connprune.errors import UserError
 from connprune.experiments.config import LoadedConfig, RunSpec, expand, load_config, sparsity_text
-from connprune.experiments.store import DONE, FAILED, PENDING, RUNNING, Heartbeat, Store, default_url, \
-    sanitize_url, worker_id
+from connprune.experiments.store import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    Heartbeat,
+    Store,
+    default_url,
+    sanitize_url,
+    worker_id,
+)
 from connprune.utils.io import read_json, replace_dir, staging_path, write_json
 
 EXPERIMENT_JSON = "experiment.json"
@@ -157,14 +166,15 @@ def _error_text(exc: BaseException) -> str:
 def ensure_dense(settings: Settings, model: str, seed: int, store: Store) -> tuple[Path, dict[str, Any]]:
     """The dense checkpoint of (model, seed): trained once (under a file lock), resumed if a worker was killed."""
     from connprune import checkpoint, data
-    from connprune.experiments.jobs import train_dense
+    from connprune.experiments.jobs import TrainJob, train_dense
     from connprune.measure import cost
 
     folder = dense_dir(settings.out_dir, model, seed)
     with file_lock(folder.parent / f".{folder.name}.lock"):
-        metrics = train_dense(model, settings.data, folder, data_dir=settings.data_dir, seed=seed, resume=True,
-                              progress=settings.progress, model_config=settings.model_options.get(model),
-                              **settings.train)
+        metrics = train_dense(TrainJob.build(model=model, data=settings.data, out=folder, data_dir=settings.data_dir,
+                                             seed=seed, resume=True, progress=settings.progress,
+                                             model_options=settings.model_options.get(model) or {},
+                                             recipe=settings.train))
         key = f"{settings.config_hash}/{folder.name}"
         if not any(row["key"] == key for row in store.dense([settings.config_hash])):
             loaded = checkpoint.load_checkpoint(folder)
@@ -177,12 +187,13 @@ def ensure_dense(settings: Settings, model: str, seed: int, store: Store) -> tup
 def execute(run: RunSpec, settings: Settings, store: Store, out: Path | None = None) -> dict[str, Any]:
     """Run one grid point, writing its checkpoint to ``out`` (default: its run folder); returns its
     ``metrics.json`` dict plus the run's key, label and wall time."""
-    from connprune.experiments.jobs import prune_job
+    from connprune.experiments.jobs import PruneJob, prune_job
     from connprune.utils.seed import seed_everything
 
     extra: dict[str, Any] = {}
-    common = dict(params=run.params, data_dir=settings.data_dir, shift=settings.shift, seed=run.seed,
-                  progress=settings.progress, recipe_overrides=settings.train)
+    common = dict(method=run.method, sparsity=run.sparsity, params=run.params, data=settings.data,
+                  data_dir=settings.data_dir, shift=settings.shift, seed=run.seed, progress=settings.progress,
+                  recipe=settings.train)
     if run.needs_trained:
         started = time.perf_counter()
         folder, dense_metrics = ensure_dense(settings, run.model, run.seed, store)
@@ -190,15 +201,13 @@ def execute(run: RunSpec, settings: Settings, store: Store, out: Path | None = N
         extra["dense_wait_seconds"] = time.perf_counter() - started  # training it, or waiting for who does
     started = time.perf_counter()  # wall_seconds: the run itself, without the dense model
     out = out or run_dir(settings.out_dir, run.key)
+    seed_everything(run.seed)
     if run.needs_trained:
-        seed_everything(run.seed)
-        metrics = prune_job(run.method, run.sparsity, out, checkpoint_dir=folder,
-                            data_name=settings.data, finetune_epochs=settings.fine_tune_epochs, **common)
+        job = PruneJob.build(out=out, checkpoint=folder, finetune_epochs=settings.fine_tune_epochs, **common)
     else:
-        seed_everything(run.seed)
-        metrics = prune_job(run.method, run.sparsity, out, model_name=run.model,
-                            data_name=settings.data, epochs=settings.train_epochs,
-                            model_config=settings.model_options.get(run.model), **common)
+        job = PruneJob.build(out=out, model=run.model, epochs=settings.train_epochs,
+                             model_options=settings.model_options.get(run.model) or {}, **common)
+    metrics = prune_job(job)
     return {**metrics, **extra, "run_key": run.key, "label": run.label, "config_hash": run.config_hash,
             "wall_seconds": time.perf_counter() - started}
 

@@ -35,9 +35,11 @@ import torch_pruning as tp
 from torch import nn
 
 from connprune.errors import UserError
+from connprune.graph.inputs import ExampleInputs, describe, for_model
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
-ALLOWED = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+ALLOWED = (nn.Conv2d, nn.Linear, *_BATCHNORM)
 _ADD_OPS = ("addbackward", "subbackward")
 
 
@@ -75,7 +77,8 @@ class LayerPair:
 
 @dataclass
 class _GroupDetail:
-    """What :mod:`connprune.surgery.shrink` needs beyond the public fields (private)."""
+    """Per-group index maps (read through :meth:`ModelGraph.consumer_slices` and
+    :meth:`ModelGraph.depthwise_members`)."""
 
     slices: dict[str, list[list[int]]]
     """Non-depthwise consumer → for each group channel, the consumer's input indices that read it."""
@@ -88,7 +91,8 @@ class ModelGraph:
     """The traced structure of a model. Build with :func:`build`; rebuild after the model changes shape."""
 
     model: nn.Module = field(repr=False)
-    input_shape: tuple[int, int, int]
+    example_inputs: tuple[torch.Tensor, ...] = field(repr=False)
+    """The inputs the model was traced on (batch of one)."""
     dg: tp.DependencyGraph = field(repr=False)
     """torch-pruning's dependency graph of ``model`` (stale once the model is shrunk)."""
     layers: list[str]
@@ -99,7 +103,7 @@ class ModelGraph:
     input_layers: tuple[str, ...] = ()
     """Conv/linear layers whose output channels are tied to the model's input channels (never prunable)."""
     details: dict[str, _GroupDetail] = field(default_factory=dict, repr=False)
-    """Group root → private details (consumer slices, depthwise members)."""
+    """Group root → index maps (consumer slices, depthwise members)."""
     widths: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     """Layer → (in, out) width when the graph was built, to tell a stale graph."""
     fingerprint: tuple = field(default=(), repr=False)
@@ -126,6 +130,34 @@ class ModelGraph:
         raise UserError(f"unknown layer {layer!r}; name a conv/linear module of the model, e.g. "
                         f"{', '.join(repr(n) for n in self.layers[:3])}")
 
+    def producer_group(self, layer: str) -> ChannelGroup | None:
+        """The group whose producers include ``layer``, or None (output layers, unknown names)."""
+        return self._by_producer.get(layer)
+
+    def consumer_slices(self, root: str) -> dict[str, list[list[int]]]:
+        """Non-depthwise consumer of group ``root`` → for each group channel, the consumer's input indices that read
+        it (one index between convs; the ``H*W`` block of a flatten for a linear consumer)."""
+        return self.details[root].slices
+
+    def depthwise_members(self, root: str) -> tuple[str, ...]:
+        """Depthwise convs inside group ``root`` (producers and consumers of its channels at once)."""
+        return self.details[root].depthwise
+
+    def batchnorm_after(self, layer: str) -> str | None:
+        """The BatchNorm that directly and exclusively normalises ``layer``'s output (its only reader), if any."""
+        node = self.dg.module2node.get(self.model.get_submodule(layer))
+        if node is None or len(node.outputs) != 1:
+            return None
+        follower = node.outputs[0]
+        if isinstance(follower.module, _BATCHNORM) and len(follower.inputs) == 1:
+            return next(name for name, module in self.model.named_modules() if module is follower.module)
+        return None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The (first) example input's shape without the batch dimension."""
+        return tuple(self.example_inputs[0].shape[1:])
+
     def group_by_root(self, root: str) -> ChannelGroup:
         """The group rooted at ``root``."""
         for group in self.groups:
@@ -149,6 +181,11 @@ def is_depthwise(module: nn.Module) -> bool:
     """A conv whose every output channel reads exactly its own input channel (groups = in = out channels)."""
     return isinstance(module, nn.Conv2d) and module.groups > 1 and \
         module.groups == module.in_channels == module.out_channels
+
+
+def is_grouped(module: nn.Module) -> bool:
+    """A conv with ``groups > 1`` (depthwise included): an output channel reads only its group's inputs."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1
 
 
 def check_supported(model: nn.Module) -> None:
@@ -186,15 +223,7 @@ def _tracing_state(model: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
-def _example_input(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 1) -> torch.Tensor:
-    reference = next(iter(model.parameters()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, *input_shape, generator=generator, dtype=torch.float32).to(device, dtype)
-
-
-def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+def _forward_order(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[str]:
     """Conv/linear names in execution order; UserError for a module called twice (shared weights)."""
     order: list[str] = []
     calls: dict[str, int] = {}
@@ -211,11 +240,12 @@ def _forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
-    except (RuntimeError, ValueError, IndexError) as exc:
+            model(*example)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the model cannot run on inputs of shape {tuple(example.shape[1:])} ({detail}); pass "
-                        "the (channels, height, width) it was built for") from exc
+        raise UserError(f"the model cannot run on inputs of shape {describe(example)} ({detail}); pass the "
+                        "example inputs it was built for: example_inputs=a tensor, or its (channels, height, "
+                        "width)") from exc
     finally:
         for module, mode in modes.items():
             module.training = mode
@@ -241,40 +271,105 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple((name, id(m), _width(m) if isinstance(m, PRUNABLE) else None) for name, m in model.named_modules())
 
 
+def _same_inputs(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
+                                    and torch.equal(x, y) for x, y in zip(a, b))
+
+
 _last_built: ModelGraph | None = None
 """The most recent graph: a method and the surgery that follows it trace the same model once, not twice."""
 
 
-def build(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
-    """Trace ``model`` on an input of shape ``input_shape`` (C, H, W) and return its :class:`ModelGraph`.
+def build(model: nn.Module, example_inputs: ExampleInputs) -> ModelGraph:
+    """Trace ``model`` on ``example_inputs`` (a tensor, a tuple of tensors, or a shape ``(C, H, W)``; see
+    :mod:`connprune.graph.inputs`) and return its :class:`ModelGraph`.
 
     The last graph built is reused while the model keeps its structure (same modules, same widths; weights may
-    change), so a method's trace is not repeated by the surgery that applies its result.
+    change) and the inputs are the same, so a method's trace is not repeated by the surgery that applies its result.
     """
     global _last_built
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 3:
-        raise UserError(f"input_shape must be (channels, height, width), got {input_shape!r}")
+    example = for_model(model, example_inputs)
     last = _last_built
-    if last is not None and last.model is model and last.input_shape == input_shape \
+    if last is not None and last.model is model and _same_inputs(last.example_inputs, example) \
             and last.fingerprint == _fingerprint(model):
         return last
     _last_built = None  # release the previous model before tracing a new one
-    _last_built = _trace(model, input_shape)
+    _last_built = _trace(model, example)
     return _last_built
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
+@dataclass
+class _GroupScan:
+    """What one torch-pruning pruning group says about a set of coupled channels."""
+
+    producers: set[str] = field(default_factory=set)
+    consumers: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    depthwise: set[str] = field(default_factory=set)
+    reaches_output: bool = False
+    reaches_input: bool = False
+
+
+def _scan_group(dg: tp.DependencyGraph, root: str, module: nn.Module, names: dict[nn.Module, str],
+                position: dict[str, int], modules: dict[str, nn.Module]) -> tuple[int, _GroupScan]:
+    """The channels of ``root``'s output and every layer coupled to them (torch-pruning's group of all of them)."""
+    pruner = dg.get_pruner_of_module(module)
+    channels = pruner.get_out_channels(module)
+    scan = _GroupScan()
+    for item in dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels))):
+        dep, idxs = item.dep, item.idxs
+        target = dep.target
+        if target.type == tp.ops.OPTYPE.OUTPUT or (not target.outputs and _is_out(dg, dep.handler)):
+            scan.reaches_output = True  # these channels are (part of) the model's output
+        if _reads_untraced(target):
+            scan.reaches_input = True  # summed with (or depthwise over) the model's input or a constant
+        member = names.get(target.module) if isinstance(target.module, nn.Module) else None
+        if member is None or member not in position:
+            continue
+        if is_depthwise(modules[member]):
+            scan.depthwise.add(member)
+            scan.producers.add(member)
+        elif _is_out(dg, dep.handler):
+            scan.producers.add(member)
+            if list(item.root_idxs) != list(idxs):
+                raise UserError(f"layer {member!r} shares channels with {root!r} in a permuted or sliced order "
+                                "(torch.cat/split/slicing on the channel axis); connprune supports channels "
+                                "coupled by additions only")
+        else:
+            scan.consumers[member] = (list(idxs), list(item.root_idxs))
+    return channels, scan
+
+
+def _make_group(channels: int, scan: _GroupScan, modules: dict[str, nn.Module],
+                position: dict[str, int]) -> tuple[ChannelGroup, _GroupDetail]:
+    """A :class:`ChannelGroup` and its index maps from a scanned torch-pruning group."""
+    slices: dict[str, list[list[int]]] = {}
+    for consumer, (idxs, roots) in scan.consumers.items():
+        per_channel: list[list[int]] = [[] for _ in range(channels)]
+        for index, root in zip(idxs, roots):
+            per_channel[root].append(index)
+        slices[consumer] = [sorted(s) for s in per_channel]
+    weights = sum(modules[p].weight.numel() // modules[p].weight.shape[0] for p in scan.producers)
+    for consumer, per_channel in slices.items():
+        weight = modules[consumer].weight
+        weights += len(per_channel[0]) * (weight.numel() // weight.shape[1])
+    producers = tuple(sorted(scan.producers, key=position.__getitem__))
+    plain = [p for p in scan.producers if p not in scan.depthwise]
+    group = ChannelGroup(root=producers[0], producers=producers,
+                         consumers=tuple(sorted(set(scan.consumers) | scan.depthwise, key=position.__getitem__)),
+                         channels=channels, weights_per_channel=weights, residual=len(plain) > 1)
+    return group, _GroupDetail(slices=slices, depthwise=tuple(sorted(scan.depthwise, key=position.__getitem__)))
+
+
+def _trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ModelGraph:
     check_supported(model)
-    example = _example_input(model, input_shape)
     layers = _forward_order(model, example)
     modules = dict(model.named_modules())
+    names = {module: name for name, module in modules.items()}
     with _tracing_state(model):
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     layer_set = [name for name in layers if isinstance(modules[name], PRUNABLE)]
     position = {name: i for i, name in enumerate(layer_set)}
     node_of = {name: dg.module2node[modules[name]] for name in layer_set if modules[name] in dg.module2node}
-
     groups: list[ChannelGroup] = []
     details: dict[str, _GroupDetail] = {}
     outputs: set[str] = set()
@@ -283,74 +378,24 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelGraph:
     for name in layer_set:
         if name in visited or name not in node_of:
             continue
-        module = modules[name]
-        pruner = dg.get_pruner_of_module(module)
-        channels = pruner.get_out_channels(module)
-        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
-        producers: set[str] = set()
-        consumers: dict[str, tuple[list[int], list[int]]] = {}
-        depthwise: set[str] = set()
-        reaches_output = reaches_input = False
-        for item in group:
-            dep, idxs = item.dep, item.idxs
-            target = dep.target
-            if target.type == tp.ops.OPTYPE.OUTPUT or (not target.outputs and _is_out(dg, dep.handler)):
-                reaches_output = True  # these channels are (part of) the model's output
-            if _reads_untraced(target):
-                reaches_input = True  # summed with (or depthwise over) the model's input or a constant
-            member = dg._module2name.get(target.module) if isinstance(target.module, nn.Module) else None
-            if member is None or member not in position:
-                continue
-            if is_depthwise(modules[member]):
-                depthwise.add(member)
-                producers.add(member)
-            elif _is_out(dg, dep.handler):
-                producers.add(member)
-                if list(item.root_idxs) != list(idxs):
-                    raise UserError(f"layer {member!r} shares channels with {name!r} in a permuted or sliced order "
-                                    "(torch.cat/split/slicing on the channel axis); connprune supports channels "
-                                    "coupled by additions only")
-            else:
-                consumers[member] = (list(idxs), list(item.root_idxs))
-        visited.update(producers)
-        if reaches_output:
-            outputs.update(producers)
+        channels, scan = _scan_group(dg, name, modules[name], names, position, modules)
+        visited.update(scan.producers)
+        if scan.reaches_output or scan.reaches_input:
+            (outputs if scan.reaches_output else inputs).update(scan.producers)
             continue
-        if reaches_input:
-            inputs.update(producers)
-            continue
-        slices: dict[str, list[list[int]]] = {}
-        for consumer, (idxs, roots) in consumers.items():
-            per_channel: list[list[int]] = [[] for _ in range(channels)]
-            for index, root in zip(idxs, roots):
-                per_channel[root].append(index)
-            slices[consumer] = [sorted(s) for s in per_channel]
-        weights = 0
-        for producer in producers:
-            weight = modules[producer].weight
-            weights += weight.numel() // weight.shape[0]
-        for consumer, per_channel in slices.items():
-            weight = modules[consumer].weight
-            weights += len(per_channel[0]) * (weight.numel() // weight.shape[1])
-        ordered_producers = tuple(sorted(producers, key=position.__getitem__))
-        consumer_names = set(consumers) | depthwise
-        plain = [p for p in producers if p not in depthwise]
-        groups.append(ChannelGroup(
-            root=ordered_producers[0], producers=ordered_producers,
-            consumers=tuple(sorted(consumer_names, key=position.__getitem__)), channels=channels,
-            weights_per_channel=weights, residual=len(plain) > 1))
-        details[ordered_producers[0]] = _GroupDetail(slices=slices, depthwise=tuple(sorted(depthwise,
-                                                                                             key=position.__getitem__)))
+        group, detail = _make_group(channels, scan, modules, position)
+        groups.append(group)
+        details[group.root] = detail
     groups.sort(key=lambda g: position[g.root])
-    pairs = _pairs(dg, modules, layer_set, position, node_of, groups, details)
-    return ModelGraph(model=model, input_shape=input_shape, dg=dg, layers=layer_set, groups=groups, pairs=pairs,
+    pairs = _pairs(dg, layer_set, position, node_of, groups, details)
+    return ModelGraph(model=model, example_inputs=example, dg=dg, layers=layer_set, groups=groups, pairs=pairs,
                       output_layers=tuple(sorted(outputs, key=position.__getitem__)),
                       input_layers=tuple(sorted(inputs, key=position.__getitem__)), details=details,
                       widths={name: _width(modules[name]) for name in layer_set}, fingerprint=_fingerprint(model))
 
-
 def _reads_untraced(node: tp.Node) -> bool:
-    """A channel-coupling node (add, depthwise conv) one of whose inputs is not traced: the model input or a constant."""
+    """A channel-coupling node (add, depthwise conv) one of whose inputs is not traced: the model input or a constant.
+    """
     if isinstance(node.module, nn.Conv2d) and is_depthwise(node.module):
         return not node.inputs
     grad_name = node.grad_fn.name().lower() if hasattr(node.grad_fn, "name") else ""
@@ -381,8 +426,8 @@ def _parents(node: tp.Node, node_names: dict[tp.Node, str]) -> set[str]:
     return found
 
 
-def _pairs(dg: tp.DependencyGraph, modules: dict[str, nn.Module], layers: list[str], position: dict[str, int],
-           node_of: dict[str, tp.Node], groups: list[ChannelGroup],
+def _pairs(dg: tp.DependencyGraph, layers: list[str], position: dict[str, int], node_of: dict[str, tp.Node],
+           groups: list[ChannelGroup],
            details: dict[str, _GroupDetail]) -> list[LayerPair]:
     group_of = {p: g for g in groups for p in g.producers}
     node_names = {node: name for name, node in node_of.items()}

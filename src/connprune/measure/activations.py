@@ -2,11 +2,12 @@
 
 The information-theoretic pruning methods (MINT, SNACS, GC-Net) describe each filter of a conv layer by one scalar
 per input sample, its spatially averaged map ``a_i(x) = mean_{h,w} f(x)[i, h, w]`` (MINT, arXiv 2003.08472, code
-``*/utils/activations``; ``shared/specs/mint.md`` §2), and each neuron of a linear layer by its value. This module
+``*/utils/activations``; docs/methods/mint.md §2), and each neuron of a linear layer by its value. This module
 collects those samples for many layers in one pass over a data set:
 
-- :func:`class_balanced_indices`: ``n`` sample indices per class (seeded), the "scoring set" shared by all layers
-  so that parent and child activations come from the same images (mint.md §3 step 3, §8 "sample misalignment").
+- :func:`class_balanced_indices`: ``n`` sample indices per class (seeded), the "scoring set" shared by all layers so
+  that parent and child activations come from the same images (docs/methods/mint.md §3 step 3, §8 "sample
+  misalignment").
 - :func:`collect`: one batched, eval-mode, no-grad pass; forward hooks reduce every requested tensor to
   ``(batch, channels)`` on the fly (spatial mean for 4-D maps; linear inputs/outputs as they are, or averaged over
   contiguous blocks of ``block`` features, e.g. the ``H·W`` features a flatten gives each conv channel), so memory is
@@ -17,7 +18,7 @@ module reads (its forward input: after BN/ReLU/pooling/residual adds — the val
 carries). ``patch_means`` are, for a conv, the mean over output positions of every input patch element
 (:func:`conv_patch_means`), for a linear its input: since ``mean_{h,w} conv(x)[j] = Σ W[j]·P(x) + b_j`` is linear in
 the weight, the spatially averaged output under *any* weight mask is one matrix product away (SNACS's operating
-constraints re-evaluate a child layer under many masks, ``shared/specs/snacs.md`` §2).
+constraints re-evaluate a child layer under many masks, docs/methods/snacs.md §2).
 """
 
 from __future__ import annotations

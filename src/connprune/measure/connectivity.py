@@ -1,36 +1,37 @@
 """Connectivity between the units of consecutive layers, the "ghost" weights of GC-Net.
 
 Paper: Wisell & Yasaei Sekeh, "Ghost-Connect Net: A Generalization-Enhanced Guidance For Sparse Deep Networks Under
-Distribution Shifts", arXiv 2411.09199 (2024); spec ``shared/specs/gcnet.md``. The full text was not available, so
-the measure is **reconstructed** (gcnet.md §2, §3 steps 2–5) from the same lab's public code for connectivity-based
-continual learning (Andle & Sekeh, arXiv 2204.12010, ``Sekeh-Lab/InformationFlow-CL``). Every choice below that the
-spec marks "(reconstructed: not confirmed from the paper)" is an option here, not the paper's:
+Distribution Shifts", arXiv 2411.09199 (2024); spec docs/methods/gcnet.md. The full text was not available, so the
+measure is **reconstructed** (docs/methods/gcnet.md §2, §3 steps 2–5) from the same lab's public code for
+connectivity-based continual learning (Andle & Sekeh, arXiv 2204.12010, ``Sekeh-Lab/InformationFlow-CL``). Every choice
+below that the docs/methods/gcnet.md marks "(reconstructed: not confirmed from the paper)" is an option here, not the
+paper's:
 
-- **measure** ``"pearson"`` (default, lab code): ``conn(i, j) = (1/|C|) Σ_c |ρ_c(a_i, a_j)|``, the per-class
-  absolute Pearson correlation between unit ``i`` of the parent layer and unit ``j`` of the child layer over the
-  probe samples of class ``c``, averaged over classes (gcnet.md §2 "Connectivity"). Guard: a term is 0 when either
-  unit's (population) standard deviation on the class is below ``std_guard`` (1e-3 in the lab code), so dead units
-  get 0 and no NaN. ``"mi"``: EDGE mutual information (:func:`connprune.measure.mutual_information.edge_mi_batched`)
-  per class, mapped to [0, 1] by Linfoot's informational coefficient of correlation ``sqrt(1 - exp(-2 I))`` (which
-  is |ρ| for Gaussian pairs, so both measures share a scale), averaged over classes (gcnet.md §8 names MI as the
-  open alternative).
-- **site** of a unit's activation (gcnet.md §2 "Unit activations"; per-sample spatial mean for conv layers):
-  ``"post"`` (default): what the next layer *reads* — the parent's activation for a child is the child's own input
-  (after BN, ReLU, pooling, and for a residual block the stream after the add and ReLU, gcnet.md §3 step 5), reduced
-  per channel (a flatten's ``H·W`` columns averaged back into their channel); a child's activation is the input its
-  own first consumer reads (the classifier, with no consumer, uses its logits). ``"module"``: the conv/linear
-  module outputs (the lab code's older hook site); a residual child then uses its latest parent (the block's last
-  conv).
-- **Layer pairs** come from :mod:`connprune.graph` (``LayerPair``: conv→conv, conv→linear through flatten or
-  pooling, residual summands). There is one ghost matrix per *child* layer, ``G[j, i]`` for output unit ``j`` of the
-  child and its input channel ``i`` — the channel-level view ``W[:, :, ...]`` of the child's weight (gcnet.md §2
+- **measure** ``"pearson"`` (default, lab code): ``conn(i, j) = (1/|C|) Σ_c |ρ_c(a_i, a_j)|``, the per-class absolute
+  Pearson correlation between unit ``i`` of the parent layer and unit ``j`` of the child layer over the probe samples of
+  class ``c``, averaged over classes (docs/methods/gcnet.md §2 "Connectivity"). Guard: a term is 0 when either unit's
+  (population) standard deviation on the class is below ``std_guard`` (1e-3 in the lab code), so dead units get 0 and no
+  NaN. ``"mi"``: EDGE mutual information (:func:`connprune.measure.mutual_information.edge_mi_batched`) per class,
+  mapped to [0, 1] by Linfoot's informational coefficient of correlation ``sqrt(1 - exp(-2 I))`` (which is |ρ| for
+  Gaussian pairs, so both measures share a scale), averaged over classes (docs/methods/gcnet.md §8 names MI as the open
+  alternative).
+- **site** of a unit's activation (docs/methods/gcnet.md §2 "Unit activations"; per-sample spatial mean for conv
+  layers): ``"post"`` (default): what the next layer *reads* — the parent's activation for a child is the child's own
+  input (after BN, ReLU, pooling, and for a residual block the stream after the add and ReLU, docs/methods/gcnet.md §3
+  step 5), reduced per channel (a flatten's ``H·W`` columns averaged back into their channel); a child's activation is
+  the input its own first consumer reads (the classifier, with no consumer, uses its logits). ``"module"``: the
+  conv/linear module outputs (the lab code's older hook site); a residual child then uses its latest parent (the block's
+  last conv).
+- **Layer pairs** come from :mod:`connprune.graph` (``LayerPair``: conv→conv, conv→linear through flatten or pooling,
+  residual summands). There is one ghost matrix per *child* layer, ``G[j, i]`` for output unit ``j`` of the child and
+  its input channel ``i`` — the channel-level view ``W[:, :, ...]`` of the child's weight (docs/methods/gcnet.md §2
   "Ghost network"); for a residual child the channels are those of the stream, whose producers are its parents.
 
-Memory (gcnet.md §3 step 3): activations are reduced to per-sample channel means inside the forward hooks, batch by
-batch, and the probe set is run one class at a time, so for the Pearson measure only streaming sums for the current
-class are kept (``Σa``, ``Σb``, ``Σa²``, ``Σb²``, ``Σ b aᵀ`` in float64, shifted by the first batch's means for
-numerical stability): ``n_child × n_parent`` numbers per pair, never the activations. The MI measure needs the
-samples: it keeps the current class's reduced activations only (``N_c × Σ n_l`` numbers).
+Memory (docs/methods/gcnet.md §3 step 3): activations are reduced to per-sample channel means inside the forward hooks,
+batch by batch, and the probe set is run one class at a time, so for the Pearson measure only streaming sums for the
+current class are kept (``Σa``, ``Σb``, ``Σa²``, ``Σb²``, ``Σ b aᵀ`` in float64, shifted by the first batch's means for
+numerical stability): ``n_child × n_parent`` numbers per pair, never the activations. The MI measure needs the samples:
+it keeps the current class's reduced activations only (``N_c × Σ n_l`` numbers).
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ class GhostLayer:
 
 def ghost_layers(graph: ModelGraph, *, include_shortcuts: bool = False,
                  include_classifier: bool = True) -> list[GhostLayer]:
-    """Child layers that get a ghost matrix, in forward order (gcnet.md §3 step 5).
+    """Child layers that get a ghost matrix, in forward order (docs/methods/gcnet.md §3 step 5).
 
-    Every conv/linear with at least one :class:`~connprune.graph.LayerPair` parent, except depthwise convs (one
-    input channel per unit: no connections to choose between), projection shortcuts unless ``include_shortcuts``
-    (gcnet.md: "1×1 downsample shortcuts … fall under direct magnitude pruning") and output layers (the classifier)
-    unless ``include_classifier``. The first layer never has a ghost parent.
+    Every conv/linear with at least one :class:`~connprune.graph.LayerPair` parent, except depthwise convs (one input
+    channel per unit: no connections to choose between), projection shortcuts unless ``include_shortcuts``
+    (docs/methods/gcnet.md §3 step 5: "1×1 downsample shortcuts … fall under direct magnitude pruning") and output
+    layers (the classifier) unless ``include_classifier``. The first layer never has a ghost parent.
     """
     modules = dict(graph.model.named_modules())
     residual_producers = {p for g in graph.groups if g.residual for p in g.producers}
@@ -178,8 +179,8 @@ def pearson_connectivity(parent: torch.Tensor, child: torch.Tensor, labels: torc
                          std_guard: float = STD_GUARD, batch_size: int | None = None) -> torch.Tensor:
     """``G[j, i] = mean_c |ρ_c(parent_i, child_j)|`` for reduced activations ``parent (N, n_p)``, ``child (N, n_c)``.
 
-    gcnet.md §2 "Connectivity" (reconstructed from the lab code). Classes with fewer than 2 samples are skipped.
-    ``batch_size`` streams the samples through :class:`MomentSums` in chunks (the result does not depend on it
+    docs/methods/gcnet.md §2 "Connectivity" (reconstructed from the lab code). Classes with fewer than 2 samples are
+    skipped. ``batch_size`` streams the samples through :class:`MomentSums` in chunks (the result does not depend on it
     beyond float64 rounding). Returns float64 ``(n_c, n_p)`` in [0, 1].
     """
     def one_class(index: torch.Tensor) -> torch.Tensor:
@@ -241,7 +242,7 @@ def mi_connectivity(parent: torch.Tensor, child: torch.Tensor, labels: torch.Ten
 def probe_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> dict[int, torch.Tensor]:
     """Class → ``min(per_class, available)`` sample indices drawn without replacement (seeded, sorted).
 
-    gcnet.md §3 step 2: ``N_probe`` samples per class from the *training* set.
+    docs/methods/gcnet.md §3 step 2: ``N_probe`` samples per class from the *training* set.
     """
     if per_class < 2:
         raise UserError(f"probe set: per_class must be at least 2 (a correlation needs 2 samples), got {per_class}")
@@ -365,9 +366,9 @@ def network_connectivity(
 ) -> ConnectivityResult:
     """Ghost matrices of every layer in ``layers`` (default :func:`ghost_layers`) on a probe set of ``data``.
 
-    gcnet.md §3 steps 2–4: ``per_class`` training samples per class (seeded), ``model.eval()``, no gradients, one
-    pass over the probe set class by class; activations are reduced to channel means in the hooks and folded into
-    per-class streaming sums (Pearson) or kept for the current class only (MI).
+    docs/methods/gcnet.md §3 steps 2–4: ``per_class`` training samples per class (seeded), ``model.eval()``, no
+    gradients, one pass over the probe set class by class; activations are reduced to channel means in the hooks and
+    folded into per-class streaming sums (Pearson) or kept for the current class only (MI).
     """
     if measure not in ("pearson", "mi"):
         raise UserError(f"connectivity measure must be 'pearson' or 'mi', got {measure!r}")

@@ -21,7 +21,7 @@ that is backpropagated to every layer's pre-activation (so g_n = B_nᵀ v_n with
 - ``exact``: the expectation itself, one backward per class with v_c = √p_c (p − e_c) (CE) or e_c (MSE), so that
   Σ_c v_c v_cᵀ = Λ exactly.
 
-Spectral radius (kfac_pruning.md §2, [math]): for PSD A and G the eigenvalues of A ⊗ G are the products
+Spectral radius (docs/methods/kfac.md §2, [math]): for PSD A and G the eigenvalues of A ⊗ G are the products
 λ_i(A)λ_j(G), so ρ(A ⊗ G) = λmax(A)·λmax(G). The network estimate ``max_l`` (a lower bound of the block-diagonal
 matrix's radius, up to the K-FAC factorisation error) or ``sum_l`` (an upper bound) is *reconstructed* (not confirmed
 from Ebrahimi & Klabjan, arXiv 2111.08577), as is its differentiable surrogate: with the top eigenvectors u (of A)
@@ -39,7 +39,7 @@ matrix of a small model explicitly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -144,7 +144,7 @@ def top_eigenpair(matrix: torch.Tensor, previous: torch.Tensor | None = None, ei
     """Largest eigenvalue and unit eigenvector of a symmetric PSD ``matrix``.
 
     ``torch.linalg.eigh`` up to ``eigh_max_dim``; above it, ``power_iterations`` steps of power iteration started
-    from ``previous`` (warm start: the factors change slowly between refreshes, kfac_pruning.md §3 step 3;
+    from ``previous`` (warm start: the factors change slowly between refreshes, docs/methods/kfac.md §3 step 3.3;
     without one, 5 × ``power_iterations`` from the all-ones vector).
     """
     dim = matrix.shape[0]
@@ -172,7 +172,7 @@ def top_eigenpair(matrix: torch.Tensor, previous: torch.Tensor | None = None, ei
 
 
 def kronecker_top_eigenvalue(a: torch.Tensor, g: torch.Tensor) -> float:
-    """ρ(A ⊗ G) = λmax(A)·λmax(G) for symmetric PSD A, G (kfac_pruning.md §2, [math])."""
+    """ρ(A ⊗ G) = λmax(A)·λmax(G) for symmetric PSD A, G (docs/methods/kfac.md §2, [math])."""
     return top_eigenpair(a)[0] * top_eigenpair(g)[0]
 
 
@@ -311,7 +311,7 @@ class KFAC:
 
     def set_keep(self, name: str, keep_in: torch.Tensor | None = None, keep_out: torch.Tensor | None = None) -> None:
         """Mark pruned inputs/outputs of layer ``name``: their rows and columns of A / G are zeroed now and after
-        every update (kfac_pruning.md §3 step 2). ``keep_in`` includes the bias entry when the layer has one."""
+        every update (docs/methods/kfac.md §3 step 3.2). ``keep_in`` includes the bias entry when the layer has one."""
         state = self.layers[name]
         state.keep_in, state.keep_out = keep_in, keep_out
         _zero_pruned(state)
@@ -330,7 +330,7 @@ class KFAC:
         return {name: state.rho for name, state in self.layers.items()}
 
     def spectral_radius(self, reduce: Reduce = "max") -> float:
-        """ρ̂ = max_l (or Σ_l) λmax(A_{l-1})·λmax(G_l) (reconstructed network estimate, kfac_pruning.md §2)."""
+        """ρ̂ = max_l (or Σ_l) λmax(A_{l-1})·λmax(G_l) (reconstructed network estimate, docs/methods/kfac.md §2)."""
         radii = list(self.layer_radii().values())
         if not radii:
             return 0.0
@@ -347,7 +347,7 @@ class KFAC:
 
     def penalty(self, reduce: Reduce = "max", g_mode: GMode = "A_only", logits: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Differentiable surrogate of ρ̂ on the last forward (module docstring; kfac_pruning.md §2):
+        """Differentiable surrogate of ρ̂ on the last forward (module docstring; docs/methods/kfac.md §2):
         ``λG·mean((uᵀã)²)`` per layer, plus ``λA·(1/B)Σ(wᵀg)²`` with ``g_mode='full'`` (double backprop; needs
         ``logits``). Zero until :meth:`refresh_eigen` has run."""
         names = self.penalty_layers(reduce)
@@ -517,7 +517,7 @@ def top_hessian_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *
                            parameters: Iterable[str] | None = None, seed: int = 0) -> float:
     """Top eigenvalue of the exact Hessian or GGN of the mean loss on (x, y), by Lanczos on matrix-free products.
 
-    The diagnostic of kfac_pruning.md §3 step 7 for small models (each step costs about two backward passes)."""
+    The diagnostic of docs/methods/kfac.md §3 step 7 for small models (each step costs about two backward passes)."""
     product, dimension = curvature_product(model, x, y, kind, loss, parameters)
     dtype = next(model.parameters()).dtype
     return lanczos_top_eigenvalue(lambda v: product(v.to(dtype)), dimension, steps=steps, device=x.device,
@@ -543,9 +543,3 @@ def dense_ggn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: LossType
     else:
         lam = torch.eye(classes, dtype=logits.dtype).expand(n, classes, classes)
     return torch.einsum("ncp,ncd,ndq->pq", flat, lam, flat) / n
-
-
-def parameter_blocks(model: nn.Module, layers: Iterable[str]) -> Mapping[str, list[str]]:
-    """Layer name → its parameter names (weight, bias), for block-diagonal comparisons."""
-    named = dict(model.named_parameters())
-    return {layer: [n for n in (f"{layer}.weight", f"{layer}.bias") if n in named] for layer in layers}

@@ -64,8 +64,9 @@ import torch
 from torch import nn
 
 from connprune.errors import UserError
-from connprune.graph.dependency import build, is_depthwise
-from connprune.measure.sparsity import is_skip
+from connprune.graph import ModelGraph, build, is_depthwise
+from connprune.surgery import skips as skip_branches
+from connprune.utils.io import atomic_path
 
 SATURATION = 0.97
 """α level that defines the saturation time t* (the horizontal line of the paper's Fig. 4)."""
@@ -150,20 +151,98 @@ def _effective(module: nn.Module, name: str, masks: Mapping[str, torch.Tensor] |
     return _as_numpy(weight)
 
 
+@dataclass
+class _Layout:
+    """Node blocks of a unit graph: one block of input units per weight layer, then the classes."""
+
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    sources: list[tuple[int, int]] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, name: str, size: int, source: bool = False) -> None:
+        self.offsets[name] = (self.total, size)
+        self.names.append(name)
+        if source:
+            self.sources.append((self.total, size))
+        self.total += size
+
+
+def _layout(graph: ModelGraph, parents: dict[str, list[str]], features: dict[str, int]) -> _Layout:
+    """One block per weight layer's input units (``"<layer>:in"``; layers without parents read the model input,
+    the heat sources), then ``"classes"``."""
+    layout = _Layout()
+    modules = dict(graph.model.named_modules())
+    for name in graph.layers:
+        layout.add(f"{name}:in", _width(modules[name])[0] // features.get(name, 1), source=not parents[name])
+    class_sizes = {_width(modules[name])[1] for name in graph.output_layers}
+    if len(class_sizes) != 1:
+        raise UserError(f"cannot tell the classes: output layers {graph.output_layers} have output widths "
+                        f"{sorted(class_sizes)}")
+    layout.add("classes", class_sizes.pop())
+    return layout
+
+
+def _width(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels, module.out_channels
+    return module.in_features, module.out_features
+
+
+@dataclass
+class _Edges:
+    """Coordinate lists of the upper triangle of the adjacency."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    cols: list[np.ndarray] = field(default_factory=list)
+    vals: list[np.ndarray] = field(default_factory=list)
+
+    def connect(self, src_block: tuple[int, int], dst_blocks: list[tuple[int, int]], edge: np.ndarray,
+                what: str) -> None:
+        """Edges from the ``src_block`` units (columns of ``edge``) to each destination block (its rows)."""
+        for dst_start, dst_size in dst_blocks:
+            if edge.shape[0] != dst_size:
+                raise UserError(f"{what}: {edge.shape[0]} output units but the reading layer has {dst_size} input "
+                                "units (channels concatenated or sliced?); the unit graph supports adds only")
+            out_idx, in_idx = np.nonzero(edge)
+            self.rows.append(src_block[0] + in_idx)
+            self.cols.append(dst_start + out_idx)
+            self.vals.append(edge[out_idx, in_idx])
+
+    def adjacency(self, total: int, weighted: bool) -> sp.csr_matrix:
+        row = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.int64)
+        col = np.concatenate(self.cols) if self.cols else np.zeros(0, dtype=np.int64)
+        val = np.concatenate(self.vals) if self.vals else np.zeros(0)
+        upper = sp.coo_matrix((val, (row, col)), shape=(total, total)).tocsr()
+        adjacency = (upper + upper.T).tocsr()
+        adjacency.sum_duplicates()
+        if not weighted:
+            adjacency.data = np.minimum(adjacency.data, 1.0)
+        adjacency.eliminate_zeros()
+        return adjacency
+
+
+def _layer_edge(module: nn.Module, weight: np.ndarray, n_in: int, weighted: bool, taps: str) -> np.ndarray:
+    """``[out, in]`` edge weights of one layer: its kernel slices, or a diagonal for a depthwise conv."""
+    if not is_depthwise(module):
+        return _slice_weights(weight, n_in, weighted, taps)
+    diag = np.abs(weight[:, :, :1, :1] if taps == "first" else weight).reshape(weight.shape[0], -1)
+    return np.diag(diag.sum(axis=1) if weighted else (diag != 0).any(axis=1).astype(np.float64))
+
+
 def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, torch.Tensor] | None = None,
                weighted: bool = False, extra_edges: Iterable[ExtraEdge] = (), taps: str = "all") -> UnitGraph:
     """The unit graph of ``model`` (see the module docstring for nodes and edges).
 
-    ``taps``: which kernel taps make a conv edge: ``all`` (the spec's definition: any non-zero weight of the slice,
-    or its L1 norm) or ``first`` (only the ``[0, 0]`` tap, the shortcut of the authors' code release; a sparse
-    element-wise pruned 3×3 conv then has about 9× fewer edges, a channel-level skip mask keeps all of its own).
-    ``masks``: parameter name → keep mask, applied to the weights (a masked or exactly-zero weight is no edge).
-    ``weighted``: edge weight = L1 norm of the masked kernel slice instead of 1.
-    ``extra_edges``: ``(src_layer, dst_layer, weight [out, in(, kh, kw)])`` skip edges from ``src_layer``'s input
-    units to ``dst_layer``'s output units (pass masked skip weights).
+    ``taps``: which kernel taps make a conv edge: ``all`` (the definition of docs/methods/n2nskip.md: any non-zero
+    weight of the slice, or its L1 norm) or ``first`` (only the ``[0, 0]`` tap, the shortcut of the authors' code
+    release; a sparse element-wise pruned 3×3 conv then has about 9× fewer edges, a channel-level skip mask keeps all
+    of its own). ``masks``: parameter name → keep mask, applied to the weights (a masked or exactly-zero weight is no
+    edge). ``weighted``: edge weight = L1 norm of the masked kernel slice instead of 1. ``extra_edges``:
+    ``(src_layer, dst_layer, weight [out, in(, kh, kw)])`` skip edges from ``src_layer``'s input units to
+    ``dst_layer``'s output units (pass masked skip weights). Skip branches added by the ``skip`` edit are found by
+    type (:func:`connprune.surgery.skips.branch_edges`) and added as such edges.
     """
-    from connprune.surgery import skips as skip_branches  # lazy: connprune.surgery imports the training code
-
     with skip_branches.detached(model):  # the sequential layers' graph; branches are added as extra edges
         graph = build(model, tuple(input_shape))
     extra_edges = [*extra_edges, *skip_branches.branch_edges(model, masks)]
@@ -175,102 +254,34 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
         parents[pair.child].append(pair.parent)
         children[pair.parent].append(pair.child)
         features.setdefault(pair.child, pair.features_per_channel)
-
-    def width(name: str) -> tuple[int, int]:
-        module = modules[name]
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels, module.out_channels
-        return module.in_features, module.out_features
-
-    offsets: dict[str, tuple[int, int]] = {}
-    names: list[str] = []
-    sources: list[tuple[int, int]] = []
-    total = 0
-    main = [name for name in graph.layers if not is_skip(name)]
-    for name in main:
-        n_in = width(name)[0] // features.get(name, 1)
-        offsets[f"{name}:in"] = (total, n_in)
-        names.append(f"{name}:in")
-        if not parents[name]:
-            sources.append((total, n_in))  # reads the model input
-        total += n_in
-    class_sizes = {width(name)[1] for name in graph.output_layers}
-    if len(class_sizes) != 1:
-        raise UserError(f"cannot tell the classes: output layers {graph.output_layers} have output widths "
-                        f"{sorted(class_sizes)}")
-    n_classes = class_sizes.pop()
-    offsets["classes"] = (total, n_classes)
-    names.append("classes")
-    total += n_classes
-
-    # A skip module adds no nodes: it reads the units of the main layer with the same producers.
-    by_parents = {}
-    for name in main:
-        by_parents.setdefault(tuple(sorted(parents[name])), name)
-    input_block: dict[str, str] = {f"{name}": f"{name}:in" for name in main}
-    for name in graph.layers:
-        if is_skip(name):
-            twin = by_parents.get(tuple(sorted(parents[name])))
-            if twin is None:
-                raise UserError(f"skip module {name!r} reads units no main layer reads; pass it as an extra edge")
-            input_block[name] = f"{twin}:in"
+    layout = _layout(graph, parents, features)
 
     def output_blocks(layer: str) -> list[tuple[int, int]]:
         if layer in graph.output_layers:
-            return [offsets["classes"]]
-        blocks = [offsets[f"{child}:in"] for child in children[layer] if not is_skip(child)]
-        if not blocks:
+            return [layout.offsets["classes"]]
+        if not children[layer]:
             raise UserError(f"layer {layer!r} feeds no other weight layer and not the output; its output units "
                             "have no node")
-        return blocks
+        return [layout.offsets[f"{child}:in"] for child in children[layer]]
 
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-
-    def connect(src_block: tuple[int, int], dst_blocks: list[tuple[int, int]], edge: np.ndarray, what: str) -> None:
-        for dst_start, dst_size in dst_blocks:
-            if edge.shape[0] != dst_size:
-                raise UserError(f"{what}: {edge.shape[0]} output units but the reading layer has {dst_size} input "
-                                "units (channels concatenated or sliced?); the unit graph supports adds only")
-            out_idx, in_idx = np.nonzero(edge)
-            rows.append(src_block[0] + in_idx)
-            cols.append(dst_start + out_idx)
-            vals.append(edge[out_idx, in_idx])
-
+    edges = _Edges()
     for name in graph.layers:
-        module = modules[name]
-        src_block = offsets[input_block[name]]
-        weight = _effective(module, name, masks)
-        if is_depthwise(module):
-            diag = np.abs(weight[:, :, :1, :1] if taps == "first" else weight).reshape(weight.shape[0], -1)
-            values = diag.sum(axis=1) if weighted else (diag != 0).any(axis=1).astype(np.float64)
-            edge = np.diag(values)
-        else:
-            edge = _slice_weights(weight, src_block[1], weighted, taps)
-        connect(src_block, output_blocks(name), edge, f"layer {name!r}")
+        src_block = layout.offsets[f"{name}:in"]
+        edge = _layer_edge(modules[name], _effective(modules[name], name, masks), src_block[1], weighted, taps)
+        edges.connect(src_block, output_blocks(name), edge, f"layer {name!r}")
     for src, dst, weight in extra_edges:
         for layer in (src, dst):
-            if f"{layer}:in" not in offsets:
+            if f"{layer}:in" not in layout.offsets:
                 raise UserError(f"extra edge names layer {layer!r}, which is not a weight layer of the model; "
-                                f"choose from {', '.join(main[:4])}, ...")
-        src_block = offsets[f"{src}:in"]
-        connect(src_block, output_blocks(dst), _slice_weights(_as_numpy(weight), src_block[1], weighted, taps),
-                f"extra edge {src}→{dst}")
-
-    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    col = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-    val = np.concatenate(vals) if vals else np.zeros(0)
-    upper = sp.coo_matrix((val, (row, col)), shape=(total, total)).tocsr()
-    adjacency = (upper + upper.T).tocsr()
-    adjacency.sum_duplicates()
-    if not weighted:
-        adjacency.data = np.minimum(adjacency.data, 1.0)
-    adjacency.eliminate_zeros()
-    indicator = np.zeros(total)
-    for start, size in sources:
+                                f"choose from {', '.join(graph.layers[:4])}, ...")
+        src_block = layout.offsets[f"{src}:in"]
+        edges.connect(src_block, output_blocks(dst), _slice_weights(_as_numpy(weight), src_block[1], weighted, taps),
+                      f"extra edge {src}→{dst}")
+    indicator = np.zeros(layout.total)
+    for start, size in layout.sources:
         indicator[start:start + size] = 1.0
-    return UnitGraph(adjacency=adjacency, node_names=names, offsets=offsets, sources=indicator, weighted=weighted)
+    return UnitGraph(adjacency=edges.adjacency(layout.total, weighted), node_names=layout.names,
+                     offsets=layout.offsets, sources=indicator, weighted=weighted)
 
 
 def from_adjacency(adjacency: sp.spmatrix | np.ndarray, sources: Sequence[int] | np.ndarray) -> UnitGraph:
@@ -423,8 +434,9 @@ def signature_distance(reference: UnitGraph, pruned: UnitGraph, t: float, method
 
 def saturated_signature(graph: UnitGraph) -> np.ndarray:
     """``S(∞) = lim_{t→∞} exp(−tL) A`` in closed form: ``exp(−tL)`` tends to the projection onto L's null space,
-    spanned by the indicators of the connected components, so ``S_i(∞) = |sources in C(i)| / |C(i)|`` (spec §2).
-    Components by :func:`scipy.sparse.csgraph.connected_components`; exact, no ``t`` to choose."""
+    spanned by the indicators of the connected components, so ``S_i(∞) = |sources in C(i)| / |C(i)|``
+    (docs/methods/n2nskip.md §2). Components by :func:`scipy.sparse.csgraph.connected_components`; exact, no ``t`` to
+    choose."""
     count, labels = csgraph.connected_components(graph.adjacency, directed=False)
     heat = np.bincount(labels, weights=graph.sources, minlength=count)
     size = np.bincount(labels, minlength=count)
@@ -486,7 +498,10 @@ def saturation_time(graph: UnitGraph, k_fraction: float = K_FRACTION, level: flo
 
 
 def _widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(m.weight.shape) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    """Weight shapes of the network's own conv/linear layers (skip branches left out)."""
+    inside = skip_branches.skip_module_names(model)
+    return {name: tuple(m.weight.shape) for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and name not in inside}
 
 
 SETTLED = 1e-6
@@ -498,10 +513,10 @@ def settling_time(graph: UnitGraph, tolerance: float = SETTLED) -> float:
     """``t_sat = ln(1/tolerance) / λ_2``: from then on every non-constant mode of ``exp(−tL)`` has decayed below
     ``tolerance``, so ``||S(t) − S(∞)||_2 ≤ tolerance·||A||_2`` — the graph's heat distribution has saturated.
 
-    Reconstructed (spec §8: the paper evaluates Table 3 at a "large t" it does not state): F at the *reference's*
-    settling time compares the pruned network with a saturated reference, while heat in weakly connected pruned
-    networks (small λ_2) is still on its way; F(∞) (:func:`saturated_distance`) sees only disconnected units.
-    On the zoo's dense VGG-19 (CIFAR input) t_sat ≈ 57 t*, inside the t range of the paper's Fig. 4."""
+    Reconstructed (docs/methods/n2nskip.md §8: the paper evaluates Table 3 at a "large t" it does not state): F at the
+    *reference's* settling time compares the pruned network with a saturated reference, while heat in weakly connected
+    pruned networks (small λ_2) is still on its way; F(∞) (:func:`saturated_distance`) sees only disconnected units. On
+    the zoo's dense VGG-19 (CIFAR input) t_sat ≈ 57 t*, inside the t range of the paper's Fig. 4."""
     if not 0.0 < tolerance < 1.0:
         raise UserError(f"the settling tolerance must be in (0, 1), got {tolerance}")
     try:
@@ -558,8 +573,7 @@ def compare(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Se
     have the reference's layer shapes (masked, not physically shrunk: kept indices are not recorded).
     """
     ref_widths, pruned_widths = _widths(reference_model), _widths(pruned_model)
-    if {k: v for k, v in ref_widths.items() if not is_skip(k)} != \
-            {k: v for k, v in pruned_widths.items() if not is_skip(k)}:
+    if ref_widths != pruned_widths:
         changed = sorted(k for k in ref_widths if pruned_widths.get(k) != ref_widths[k])
         raise UserError(f"the pruned model's layers differ in shape from the reference's ({', '.join(changed[:3])}"
                         "); F compares the same units, so it needs a masked (unshrunk) model — prune with "
@@ -590,8 +604,6 @@ def scree_plot(graphs: Mapping[str, UnitGraph], path: str | Path, t_max: float |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from connprune.utils.io import atomic_path
 
     if not graphs:
         raise UserError("scree_plot needs at least one unit graph")

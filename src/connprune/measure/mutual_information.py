@@ -4,37 +4,38 @@ Estimators
 ----------
 * :func:`edge_mi` / :func:`edge_mi_batched` — EDGE, the hash-based dependence-graph estimator of Noshad, Zeng &
   Hero, "Scalable Mutual Information Estimation using Dependence Graphs" (arXiv 1801.09125, ICASSP 2019), following
-  ``shared/specs/edge_mi_estimator.md`` (EDGE spec) §2–§3: randomly shifted floor hash ``H1`` (optionally after a
+  docs/methods/edge-mi.md (EDGE spec) §2–§3: randomly shifted floor hash ``H1`` (optionally after a
   Gaussian "p-stable" projection), hashed plug-in base estimate (paper eq. 9 with g(u) = u log u), ensemble over
   ``ε(t) = ε0·t`` aggregated by the median (reference code default). Torch, vectorised over many variable pairs,
   device-agnostic (the inputs' device is used throughout).
-* :func:`edge_cmi` / :func:`edge_cmi_batched` — conditional MI by the chain rule ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)``
-  with one low-dimensional Gaussian projection of Z shared by both terms (EDGE spec §3.4; *reconstructed: not
+* :func:`edge_cmi` / :func:`edge_cmi_batched` — conditional MI by the chain rule ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)`` with
+  one low-dimensional Gaussian projection of Z shared by both terms (docs/methods/edge-mi.md §3.4; *reconstructed: not
   confirmed from the paper* — EDGE defines only MI).
 * :func:`ksg_mi` / :func:`ksg_cmi` — Kraskov–Stögbauer–Grassberger estimator, algorithm 1 (Phys. Rev. E 69, 066138,
   2004, eq. 8) and its conditional form by Frenzel & Pompe (PRL 99, 204101, 2007), max-norm, scipy ``cKDTree``.
   Test oracle and benchmark peer.
 * :func:`mst_cmi` — MINT's conditional geometric MI estimator (Ganesh, Corso & Yasaei Sekeh, "MINT", arXiv
-  2003.08472, ICPR 2020), as in ``shared/specs/mint.md`` §2: nearest-neighbour bootstrap surrogate of
+  2003.08472, ICPR 2020), as in docs/methods/mint.md §2: nearest-neighbour bootstrap surrogate of
   p(x,z)p(y|z), pooled Euclidean MST, Friedman–Rafsky cross-edge count R, ``Î = 1 − R/m`` clipped to [0, 1].
-  Cross edges are counted from the true MST edge list (mint.md §8 notes the reference's edge loop differs).
-* :func:`edge_cmi_matrix` / :func:`mst_cmi_matrix` — the ``G_child × G_parent`` matrix
-  ``ρ_{c,p} = I(A_c; A_p | A_{−p})`` of a layer pair (mint.md §2, snacs.md §2), every cell at once.
+  Cross edges are counted from the true MST edge list (docs/methods/mint.md §8 notes the reference's edge loop differs).
+* :func:`edge_cmi_matrix` / :func:`mst_cmi_matrix` — the ``G_child × G_parent`` matrix ``ρ_{c,p} = I(A_c; A_p |
+  A_{−p})`` of a layer pair (docs/methods/mint.md §2, docs/methods/snacs.md §2), every cell at once.
 * :func:`conditional_mi` — dispatch by option name: ``"edge"`` (fast), ``"mst"`` (MINT reference), ``"ksg"``.
 * :func:`gaussian_mi`, :func:`gaussian_cmi_linear` — closed forms used by the tests.
 
-Units: nats unless ``base=2`` is given (the EDGE reference code returns bits; EDGE spec §4, §8).
+Units: nats unless ``base=2`` is given (the EDGE reference code returns bits; docs/methods/edge-mi.md §4, §8).
 
-Choices marked *reconstructed* in the EDGE spec are options here, not the paper's: the ε rule
-``ε0 = c·N^{-1/(2d)}`` with ``c = 3`` in standard-deviation units (spec §3.2 step 3), uniform seeded offsets, the
-chain-rule CMI and its shared Z projection.
+Choices marked *reconstructed* in docs/methods/edge-mi.md are options here, not the paper's: the ε rule ``ε0 =
+c·N^{-1/(2d)}`` with ``c = 3`` in standard-deviation units (docs/methods/edge-mi.md §3.2 step 3), uniform seeded
+offsets, the chain-rule CMI and its shared Z projection.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -66,7 +67,8 @@ Tensorish = torch.Tensor | np.ndarray
 HashType = Literal["auto", "floor", "pstable"]
 Aggregate = Literal["median", "mean", "weights"]
 
-# Reference switch to the p-stable hash above this many dimensions per variable (EDGE spec §3.2 step 2, [code]).
+# Reference switch to the p-stable hash above this many dimensions per variable (docs/methods/edge-mi.md §3.2
+# step 2, [code]).
 PSTABLE_ABOVE_DIM = 6
 # Hash at most this many coordinates (members × pairs × samples × dims) in one vectorised pass.
 _CHUNK_ELEMENTS = 1 << 19  # ~4 MiB of int64 codes: stays cache-friendly (200k/20k time ratio 14 -> 10)
@@ -104,7 +106,7 @@ def _standardise(t: torch.Tensor) -> torch.Tensor:
 
 
 def _projection_dim(d: int, n: int) -> int:
-    """Reference rule ``r = min(d, floor(log2(N/10)))`` (EDGE spec §3.2 step 2, [code]), at least 1."""
+    """Reference rule ``r = min(d, floor(log2(N/10)))`` (docs/methods/edge-mi.md §3.2 step 2, [code]), at least 1."""
     return max(1, min(d, int(math.floor(math.log2(max(n / 10.0, 1.0))))))
 
 
@@ -117,7 +119,7 @@ def _dense_ids(q: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     Returns flat ids (P·N,) in ``[0, n_ids)`` and ``n_ids``. Each coordinate is folded in mixed radix and the key
     re-compressed with ``unique`` so it never overflows int64 — the "exact map from integer tuples to ids" that the
-    EDGE spec (§2) allows in place of the random hash H2.
+    docs/methods/edge-mi.md §2 allows in place of the random hash H2.
     """
     p, n, d = q.shape
     ids = torch.arange(p, device=q.device).repeat_interleave(n)  # pair index keeps pairs apart
@@ -153,12 +155,12 @@ def edge_base_batched(
     lo: float | None = None,
     U: float | None = None,
 ) -> torch.Tensor:
-    """Hashed plug-in base estimate ``Î_ε`` for P pairs at once (EDGE paper eq. 9; EDGE spec §3.1).
+    """Hashed plug-in base estimate ``Î_ε`` for P pairs at once (EDGE paper eq. 9; docs/methods/edge-mi.md §3.1).
 
-    ``Î_ε = Σ_(i,j) (N_ij/N) · clip(log(N_ij N / (N_i M_j)), lo, U)`` where i, j are the floor-hash buckets
-    ``floor((x + b)/ε)`` of X and Y. No standardisation here: ε and offsets are in the inputs' units (scalars or
-    per-coordinate vectors, shared by all pairs). ``base=2`` gives bits; ``lo``/``U`` clamp the log term (in the
-    chosen base) as the reference code does (``lo=0.001, U=10`` in bits, EDGE spec §4). Returns (P,) float64.
+    ``Î_ε = Σ_(i,j) (N_ij/N) · clip(log(N_ij N / (N_i M_j)), lo, U)`` where i, j are the floor-hash buckets ``floor((x +
+    b)/ε)`` of X and Y. No standardisation here: ε and offsets are in the inputs' units (scalars or per-coordinate
+    vectors, shared by all pairs). ``base=2`` gives bits; ``lo``/``U`` clamp the log term (in the chosen base) as the
+    reference code does (``lo=0.001, U=10`` in bits, docs/methods/edge-mi.md §4). Returns (P,) float64.
     """
     x = _as_batch(xs, "xs", batched=True)
     y = _as_batch(ys, "ys", batched=True)
@@ -235,7 +237,7 @@ def _plugin_from_codes(
 
 
 def edge_base(x: Tensorish, y: Tensorish, eps_x, eps_y, offset_x=0.0, offset_y=0.0, **kwargs) -> float:
-    """Single-pair :func:`edge_base_batched` (EDGE spec §3.1); x (N, dx), y (N, dy). Returns a float."""
+    """Single-pair :func:`edge_base_batched` (docs/methods/edge-mi.md §3.1); x (N, dx), y (N, dy). Returns a float."""
     xs = _as_batch(x, "x", batched=False)
     ys = _as_batch(y, "y", batched=False)
     return float(edge_base_batched(xs, ys, eps_x, eps_y, offset_x, offset_y, **kwargs)[0])
@@ -268,35 +270,82 @@ def _prepare(
     return t
 
 
-def edge_mi_batched(
-    xs: Tensorish,
-    ys: Tensorish,
-    *,
-    hash_type: HashType = "auto",
-    proj_dim: int | None = None,
-    c: float = 3.0,
-    eps: float | None = None,
-    n_estimators: int = 10,
-    range_factor: float = 0.1,
-    aggregate: Aggregate = "median",
-    seed: int = 0,
-    base: float | None = None,
-    lo: float | None = None,
-    U: float | None = None,
-) -> torch.Tensor:
-    """EDGE estimate of I(X_p; Y_p) for every pair p; xs (P, N, dx), ys (P, N, dy) → (P,) float64 on xs' device.
+@dataclass(frozen=True)
+class EdgeSettings:
+    """The EDGE estimator's settings (docs/methods/edge-mi.md §3.2 and §4); see :func:`edge_mi_batched`."""
 
-    Algorithm (EDGE spec §3.2): standardise each coordinate; hash with ``hash_type`` — ``"floor"`` (the paper's
-    H1, the only variant its theory covers), ``"pstable"`` (Gaussian projection to ``proj_dim`` dimensions, default
-    ``min(d, floor(log2(N/10)))`` [reference code]) or ``"auto"`` (floor unless a variable has > 6 dimensions, the
-    reference's switch); base width ``ε0 = c·N^{-1/(2d)}`` in std units with d the (projected) joint dimension
-    (*reconstructed*, c = 3 calibrated by probe) unless ``eps`` fixes it; ``n_estimators`` base estimates at
-    ``ε0·t``, ``t ∈ linspace(1, 1 + range_factor, L)`` [reference code], each with fresh offsets ``b ~ U[0, ε)``
-    drawn from ``torch.Generator().manual_seed(seed)``; aggregate by ``"median"`` (reference default),
-    ``"mean"`` or ``"weights"`` (paper's least-norm weights, eqs. 12–14). Offsets and projections are shared by all
-    pairs, so a batched call equals the per-pair loop. Nats unless ``base`` (e.g. 2) is given; ``lo``/``U`` clamp
-    the per-edge log term (reference-faithful mode).
+    hash_type: HashType = "auto"
+    proj_dim: int | None = None
+    c: float = 3.0
+    eps: float | None = None
+    n_estimators: int = 10
+    range_factor: float = 0.1
+    aggregate: Aggregate = "median"
+    seed: int = 0
+    base: float | None = None
+    lo: float | None = None
+    U: float | None = None
+
+
+@dataclass(frozen=True)
+class _Ensemble:
+    """The L bucket widths ``ε0·t`` and the random offsets ``b ~ U[0, ε)`` of one EDGE ensemble."""
+
+    ts: torch.Tensor
+    widths: torch.Tensor
+    offsets_x: torch.Tensor
+    offsets_y: torch.Tensor
+
+
+def _hashing_setup(xs: torch.Tensor, ys: torch.Tensor, settings: EdgeSettings
+                   ) -> tuple[torch.Tensor, torch.Tensor, _Ensemble]:
+    """Standardised (and projected) variables and the ensemble, all drawn from one seeded generator in the
+    reference's order: the projections of X, of Y, then the offsets."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    x = _prepare(xs, settings.hash_type, gen, settings.proj_dim)
+    y = _prepare(ys, settings.hash_type, gen, settings.proj_dim)
+    return x, y, _ensemble(settings, xs.shape[1], x.shape[-1], y.shape[-1], gen, x.device)
+
+
+def _ensemble(settings: EdgeSettings, n: int, dx: int, dy: int, gen: torch.Generator,
+              device: torch.device) -> _Ensemble:
+    """Widths ``ε0·t``, ``t ∈ linspace(1, 1 + range_factor, L)``, ``ε0 = c·N^{-1/(2d)}`` (or ``eps``), and
+    offsets drawn from ``gen`` after the projections."""
+    eps0 = float(settings.eps) if settings.eps is not None else settings.c * n ** (-1.0 / (2 * (dx + dy)))
+    ts = torch.linspace(1.0, 1.0 + settings.range_factor, settings.n_estimators, dtype=torch.float64)
+    widths = (eps0 * ts).to(device)
+    u = torch.rand(settings.n_estimators, dx + dy, generator=gen, dtype=torch.float64).to(device)
+    return _Ensemble(ts, widths, u[:, :dx] * widths[:, None], u[:, dx:] * widths[:, None])
+
+
+def _aggregate(stack: torch.Tensor, ensemble: _Ensemble, settings: EdgeSettings, dims: int) -> torch.Tensor:
+    """Combine the (L, P) base estimates: median (reference default), mean, or the paper's least-norm weights."""
+    if settings.aggregate == "median":
+        return torch.quantile(stack, 0.5, dim=0) if settings.n_estimators > 1 else stack[0]
+    if settings.aggregate == "mean":
+        return stack.mean(dim=0)
+    if settings.aggregate == "weights":
+        w = ensemble_weights(ensemble.ts, dims).to(stack.device)
+        return (w[:, None] * stack).sum(dim=0)
+    raise ValueError(f"aggregate must be 'median', 'mean' or 'weights'; got {settings.aggregate!r}")
+
+
+def edge_mi_batched(xs: Tensorish, ys: Tensorish, **settings: Any) -> torch.Tensor:
+    """EDGE estimate of I(X_p; Y_p) for every pair p; xs (P, N, dx), ys (P, N, dy) → (P,) float64 on xs' device.
+    ``settings`` are the fields of :class:`EdgeSettings`.
+
+    Algorithm (docs/methods/edge-mi.md §3.2): standardise each coordinate; hash with ``hash_type`` — ``"floor"``
+    (the paper's H1, the only variant its theory covers), ``"pstable"`` (Gaussian projection to ``proj_dim``
+    dimensions, default ``min(d, floor(log2(N/10)))`` [reference code]) or ``"auto"`` (floor unless a variable has
+    > 6 dimensions, the reference's switch); base width ``ε0 = c·N^{-1/(2d)}`` in std units with d the (projected)
+    joint dimension (*reconstructed*, c = 3 calibrated by probe) unless ``eps`` fixes it; ``n_estimators`` base
+    estimates at ``ε0·t``, ``t ∈ linspace(1, 1 + range_factor, L)`` [reference code], each with fresh offsets
+    ``b ~ U[0, ε)`` drawn from ``torch.Generator().manual_seed(seed)``; aggregate by ``"median"`` (reference
+    default), ``"mean"`` or ``"weights"`` (paper's least-norm weights, eqs. 12–14). Offsets and projections are
+    shared by all pairs, so a batched call equals the per-pair loop. Nats unless ``base`` (e.g. 2) is given;
+    ``lo``/``U`` clamp the per-edge log term (reference-faithful mode).
     """
+    settings_ = EdgeSettings(**settings)
     x = _as_batch(xs, "xs", batched=True)
     y = _as_batch(ys, "ys", batched=True).to(x.device)
     if x.shape[:2] != y.shape[:2]:
@@ -304,39 +353,27 @@ def edge_mi_batched(
     n = x.shape[1]
     if n < 2:
         raise ValueError("need at least 2 samples")
-    gen = torch.Generator().manual_seed(seed)
-    x = _prepare(x, hash_type, gen, proj_dim)
-    y = _prepare(y, hash_type, gen, proj_dim)
+    x, y, ensemble = _hashing_setup(x, y, settings_)
     dx, dy = x.shape[-1], y.shape[-1]
-    eps0 = float(eps) if eps is not None else c * n ** (-1.0 / (2 * (dx + dy)))
-    ts = torch.linspace(1.0, 1.0 + range_factor, n_estimators, dtype=torch.float64)
-    e = (eps0 * ts).to(x.device)  # (L,)
-    u = torch.rand(n_estimators, dx + dy, generator=gen, dtype=torch.float64).to(x.device)
-    bx, by = u[:, :dx] * e[:, None], u[:, dx:] * e[:, None]  # offsets b ~ U[0, ε) per estimator
+    e, bx, by = ensemble.widths, ensemble.offsets_x, ensemble.offsets_y
     p = x.shape[0]
     # all L ensemble members are hashed in one pass as L·P "pairs" (member-major), in chunks to bound memory
     per_chunk = max(1, _CHUNK_ELEMENTS // max(1, p * n * (dx + dy)))
     estimates = []
-    for start in range(0, n_estimators, per_chunk):
-        sl = slice(start, min(start + per_chunk, n_estimators))
+    for start in range(0, settings_.n_estimators, per_chunk):
+        sl = slice(start, min(start + per_chunk, settings_.n_estimators))
         ec = e[sl][:, None, None, None]
         qx = torch.floor((x.unsqueeze(0) + bx[sl][:, None, None, :]) / ec).to(torch.int64)
         qy = torch.floor((y.unsqueeze(0) + by[sl][:, None, None, :]) / ec).to(torch.int64)
-        est = _plugin_from_codes(qx.reshape(-1, n, dx), qy.reshape(-1, n, dy), base=base, lo=lo, U=U)
+        est = _plugin_from_codes(qx.reshape(-1, n, dx), qy.reshape(-1, n, dy), base=settings_.base,
+                                 lo=settings_.lo, U=settings_.U)
         estimates.append(est.reshape(-1, p))
-    stack = torch.cat(estimates)  # (L, P)
-    if aggregate == "median":
-        return torch.quantile(stack, 0.5, dim=0) if n_estimators > 1 else stack[0]
-    if aggregate == "mean":
-        return stack.mean(dim=0)
-    if aggregate == "weights":
-        w = ensemble_weights(ts, dx + dy).to(stack.device)
-        return (w[:, None] * stack).sum(dim=0)
-    raise ValueError(f"aggregate must be 'median', 'mean' or 'weights'; got {aggregate!r}")
+    return _aggregate(torch.cat(estimates), ensemble, settings_, dx + dy)  # (L, P) → (P,)
 
 
 def edge_mi(x: Tensorish, y: Tensorish, **kwargs) -> float:
-    """EDGE estimate of I(X;Y) in nats (EDGE spec §3.2) for x (N, dx), y (N, dy) (tensors or arrays; 1-D allowed).
+    """EDGE estimate of I(X;Y) in nats (docs/methods/edge-mi.md §3.2) for x (N, dx), y (N, dy) (tensors or arrays; 1-D
+    allowed).
 
     Keyword arguments as :func:`edge_mi_batched` (hash_type, proj_dim, c, eps, n_estimators, range_factor,
     aggregate, seed, base, lo, U).
@@ -354,13 +391,14 @@ def edge_cmi_batched(
     seed: int = 0,
     **kwargs,
 ) -> torch.Tensor:
-    """Chain-rule EDGE CMI ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)`` for every pair (EDGE spec §3.4, *reconstructed*).
+    """Chain-rule EDGE CMI ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)`` for every pair (docs/methods/edge-mi.md §3.4,
+    *reconstructed*).
 
-    xs (P, N, dx), ys (P, N, dy), zs (P, N, dz) or None (then plain :func:`edge_mi_batched`). Z is standardised
-    and projected **once** with a single seeded Gaussian matrix (dz × r_Z) shared by both terms, Y is left
-    unprojected — the spec's probe found independent projections of (Y,Z) and Z destroyed the ranking.
-    ``z_dim``: ``"auto"`` → r_Z = 1 when dz > 2, else no projection (our choice); an int forces r_Z; None never
-    projects. Remaining keywords go to :func:`edge_mi_batched` (same seed for both terms). Can be negative.
+    xs (P, N, dx), ys (P, N, dy), zs (P, N, dz) or None (then plain :func:`edge_mi_batched`). Z is standardised and
+    projected **once** with a single seeded Gaussian matrix (dz × r_Z) shared by both terms, Y is left unprojected — the
+    probe of docs/methods/edge-mi.md §3.4 found independent projections of (Y,Z) and Z destroyed the ranking. ``z_dim``:
+    ``"auto"`` → r_Z = 1 when dz > 2, else no projection (our choice); an int forces r_Z; None never projects. Remaining
+    keywords go to :func:`edge_mi_batched` (same seed for both terms). Can be negative.
     """
     x = _as_batch(xs, "xs", batched=True)
     y = _as_batch(ys, "ys", batched=True).to(x.device)
@@ -377,7 +415,8 @@ def edge_cmi_batched(
 
 
 def edge_cmi(x: Tensorish, y: Tensorish, z: Tensorish | None, **kwargs) -> float:
-    """Single-triple :func:`edge_cmi_batched` (EDGE spec §3.4); x (N, dx), y (N, dy), z (N, dz) or None."""
+    """Single-triple :func:`edge_cmi_batched` (docs/methods/edge-mi.md §3.4); x (N, dx), y (N, dy), z (N, dz) or None.
+    """
     zb = None if z is None else _as_batch(z, "z", batched=False)
     return float(edge_cmi_batched(_as_batch(x, "x", batched=False), _as_batch(y, "y", batched=False), zb, **kwargs)[0])
 
@@ -444,7 +483,7 @@ def mst_cmi(
     shuffle: bool = False,
     seed: int = 0,
 ) -> float:
-    """MINT's conditional geometric MI estimate of I(X;Y|Z) ∈ [0, 1] (mint.md §2; MINT, arXiv 2003.08472).
+    """MINT's conditional geometric MI estimate of I(X;Y|Z) ∈ [0, 1] (docs/methods/mint.md §2; MINT, arXiv 2003.08472).
 
     1. Split the n samples into thirds S1, S2, S3 (in order; ``shuffle=True`` permutes them first with ``seed``).
     2. Surrogate of p(x,z)p(y|z): each S1 sample keeps its (x, z) and takes the y of the S2 sample whose z is its
@@ -498,44 +537,22 @@ def _group_codes(q: torch.Tensor) -> tuple[torch.Tensor, int]:
     return ids - ids.amin(dim=1, keepdim=True), q.shape[1]
 
 
-def _edge_mi_grid(
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    cells_x: torch.Tensor,
-    cells_y: torch.Tensor,
-    *,
-    hash_type: HashType = "auto",
-    proj_dim: int | None = None,
-    c: float = 3.0,
-    eps: float | None = None,
-    n_estimators: int = 10,
-    range_factor: float = 0.1,
-    aggregate: Aggregate = "median",
-    seed: int = 0,
-    base: float | None = None,
-    lo: float | None = None,
-    U: float | None = None,
-    cells_per_call: int = 256,
-) -> torch.Tensor:
+def _edge_mi_grid(xs: torch.Tensor, ys: torch.Tensor, cells_x: torch.Tensor, cells_y: torch.Tensor,
+                  settings: EdgeSettings, cells_per_call: int = 256) -> torch.Tensor:
     """``edge_mi_batched(xs[cells_x], ys[cells_y])`` without repeating the groups: xs (Gx, N, dx), ys (Gy, N, dy)
     are standardised, projected and hashed once per ensemble member (same generator draws as the batched call,
     which standardises per pair and shares projections and offsets across pairs), and each cell's plug-in estimate
     is the per-sample form ``(1/N) Σ_s log(N_ij(s)·N / (N_i(s)·M_j(s)))`` of EDGE eq. 9 (equal to the sum over
     dependence-graph edges up to float rounding)."""
     n = xs.shape[1]
-    gen = torch.Generator().manual_seed(seed)
-    x = _prepare(xs, hash_type, gen, proj_dim)
-    y = _prepare(ys, hash_type, gen, proj_dim)
+    x, y, ensemble = _hashing_setup(xs, ys, settings)
     dx, dy = x.shape[-1], y.shape[-1]
-    eps0 = float(eps) if eps is not None else c * n ** (-1.0 / (2 * (dx + dy)))
-    ts = torch.linspace(1.0, 1.0 + range_factor, n_estimators, dtype=torch.float64)
-    e = (eps0 * ts).to(x.device)
-    u = torch.rand(n_estimators, dx + dy, generator=gen, dtype=torch.float64).to(x.device)
-    bx, by = u[:, :dx] * e[:, None], u[:, dx:] * e[:, None]
+    e, bx, by = ensemble.widths, ensemble.offsets_x, ensemble.offsets_y
     cells = len(cells_x)
-    stack = torch.empty(n_estimators, cells, dtype=torch.float64, device=x.device)
-    log_base = math.log(base) if base is not None else None
-    for member in range(n_estimators):
+    stack = torch.empty(settings.n_estimators, cells, dtype=torch.float64, device=x.device)
+    log_base = math.log(settings.base) if settings.base is not None else None
+    lo, U = settings.lo, settings.U
+    for member in range(settings.n_estimators):
         cx, kx = _group_codes(torch.floor((x + bx[member]) / e[member]).to(torch.int64))
         cy, ky = _group_codes(torch.floor((y + by[member]) / e[member]).to(torch.int64))
         offsets_x = (torch.arange(cx.shape[0], device=x.device) * kx)[:, None]
@@ -562,14 +579,7 @@ def _edge_mi_grid(
             if lo is not None or U is not None:
                 term = term.clamp(min=lo, max=U)
             stack[member, start : start + batch] = term.mean(dim=1)
-    if aggregate == "median":
-        return torch.quantile(stack, 0.5, dim=0) if n_estimators > 1 else stack[0]
-    if aggregate == "mean":
-        return stack.mean(dim=0)
-    if aggregate == "weights":
-        w = ensemble_weights(ts, dx + dy).to(stack.device)
-        return (w[:, None] * stack).sum(dim=0)
-    raise ValueError(f"aggregate must be 'median', 'mean' or 'weights'; got {aggregate!r}")
+    return _aggregate(stack, ensemble, settings, dx + dy)
 
 
 def edge_cmi_matrix(
@@ -585,14 +595,14 @@ def edge_cmi_matrix(
     """EDGE chain-rule CMI ``ρ_{c,p} = I(A_c; A_p | A_{−p})`` for every (child group c, parent group p).
 
     ``child`` (N, C_child) and ``parent`` (N, C_parent) are activations of the same N samples; ``child_groups`` /
-    ``parent_groups`` give each unit's group index (0..G−1). Returns (G_child, G_parent) float64 on ``child``'s
-    device. The conditioning set ``A_{−p}`` (all parents outside group p) is standardised and projected to one
-    dimension with one seeded Gaussian vector g over *all* parent units, restricted to the units outside p:
-    ``z_p = S·g − S_p·g_p`` (S the standardised parents), computed by subtraction in O(N·C) per group instead of
-    materialising ``(P, N, C_parent)`` (EDGE spec §3.4 "shared projection", *reconstructed*). Each cell then equals
-    ``edge_cmi_batched(A_c, A_p, z_p, z_dim=None)`` up to float rounding; every group is hashed once per ensemble
-    member and only the joint counts are per cell (``cells_per_call`` cells at a time). With one parent group
-    there is nothing to condition on and ρ is the plain EDGE MI. Keywords go to :func:`edge_mi_batched`.
+    ``parent_groups`` give each unit's group index (0..G−1). Returns (G_child, G_parent) float64 on ``child``'s device.
+    The conditioning set ``A_{−p}`` (all parents outside group p) is standardised and projected to one dimension with
+    one seeded Gaussian vector g over *all* parent units, restricted to the units outside p: ``z_p = S·g − S_p·g_p`` (S
+    the standardised parents), computed by subtraction in O(N·C) per group instead of materialising ``(P, N, C_parent)``
+    (docs/methods/edge-mi.md §3.4 "shared projection", *reconstructed*). Each cell then equals ``edge_cmi_batched(A_c,
+    A_p, z_p, z_dim=None)`` up to float rounding; every group is hashed once per ensemble member and only the joint
+    counts are per cell (``cells_per_call`` cells at a time). With one parent group there is nothing to condition on and
+    ρ is the plain EDGE MI. Keywords go to :func:`edge_mi_batched`.
     """
     x = _as_batch(child, "child", batched=False)[0]
     y = _as_batch(parent, "parent", batched=False)[0].to(x.device)
@@ -608,7 +618,7 @@ def edge_cmi_matrix(
     x_groups, y_groups = torch.stack(xs), torch.stack(ys)
     cells_x = torch.arange(gc, device=x.device).repeat_interleave(gp)
     cells_y = torch.arange(gp, device=x.device).repeat(gc)
-    grid = dict(seed=seed, cells_per_call=cells_per_call, **kwargs)
+    grid = dict(settings=EdgeSettings(seed=seed, **kwargs), cells_per_call=cells_per_call)
     if gp == 1:
         return _edge_mi_grid(x_groups, y_groups, cells_x, cells_y, **grid).reshape(gc, gp)
     standard = _standardise(y.unsqueeze(0))[0]
@@ -632,9 +642,9 @@ def mst_cmi_matrix(
     seed: int = 0,
     shuffle: bool = True,
 ) -> torch.Tensor:
-    """MINT's reference scores: :func:`mst_cmi` of every (child group, parent group) cell (mint.md §2, §3 step 5),
-    conditioning on all other parent units. O(N²) per cell; ``shuffle`` permutes the samples (seeded) before the
-    thirds split, so class-sorted scoring sets are mixed. Returns (G_child, G_parent) float64 on the CPU."""
+    """MINT's reference scores: :func:`mst_cmi` of every (child group, parent group) cell (docs/methods/mint.md §2, §3
+    step 5), conditioning on all other parent units. O(N²) per cell; ``shuffle`` permutes the samples (seeded) before
+    the thirds split, so class-sorted scoring sets are mixed. Returns (G_child, G_parent) float64 on the CPU."""
     x = _np2d(child)
     y = _np2d(parent)
     cl = np.asarray(_check_labels(torch.as_tensor(np.asarray(child_groups)), x.shape[1], "child")[0])
@@ -675,5 +685,5 @@ def gaussian_mi(rho: float | np.ndarray) -> float | np.ndarray:
 
 def gaussian_cmi_linear(a: float | np.ndarray, noise_var: float = 1.0) -> float | np.ndarray:
     """I(X;Y|Z) for X = aY + Z + e, Y, Z ~ N(0,1), e ~ N(0, noise_var): ``½ log(1 + a²/noise_var)`` nats
-    (EDGE spec §7 property 8)."""
+    (docs/methods/edge-mi.md §7 item 8)."""
     return 0.5 * np.log1p(np.square(a) / noise_var)

@@ -2,7 +2,7 @@
 
 >>> from connprune import methods
 >>> method = methods.create("magnitude", scope="global")
->>> result = method.prune(model, 0.9, methods.PruneData())          # doctest: +SKIP
+>>> result = method.prune(model, 0.9, methods.PruneData(example_inputs=x))          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from connprune.errors import unknown_name
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity, TrainingMethod
 
 _REGISTRY: dict[str, type[PruningMethod]] = {}
 
@@ -40,10 +40,21 @@ def create(name: str, **params: Any) -> PruningMethod:
 
 def _load_builtin() -> None:
     # Each module registers its method(s) on import; this order is the order `connprune methods` lists them in.
-    from connprune.methods import random, magnitude, l1_filter, snip  # noqa: F401  (baselines)
-    from connprune.methods import mint, snacs, gcnet, kfac, network_slimming  # noqa: F401
-    from connprune.methods import n2nskip, layer_sparsity, l1_regularised  # noqa: F401
+    from connprune.methods import (  # noqa: F401  (baselines)  # noqa: F401  # noqa: F401
+        gcnet,
+        kfac,
+        l1_filter,
+        l1_regularised,
+        layer_sparsity,
+        magnitude,
+        mint,
+        n2nskip,
+        network_slimming,
+        random,
+        snacs,
+        snip,
+    )
 
 
-__all__ = ["Kind", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity", "create", "get",
-           "names", "register"]
+__all__ = ["Kind", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity", "TrainingMethod",
+           "create", "get", "names", "register"]

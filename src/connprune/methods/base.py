@@ -3,92 +3,84 @@
 A method is a class with a name, a kind, the paper it implements, a pydantic model of its parameters (validated at
 construction: unknown or ill-typed parameters are user errors naming the parameter) and one entry point,
 :meth:`PruningMethod.prune`, which takes a model, a target sparsity and the data it needs and returns a
-:class:`PruningResult`. The result says *what* to prune; :func:`connprune.surgery.apply` does it.
+:class:`~connprune.plan.PruningResult`. The result says *what* to prune; :func:`connprune.surgery.apply` does it.
 
-Result kinds, one per family of methods:
+``prune`` is a template method: the base validates the sparsity, checks that the data the method declares it needs
+(``needs_data``, ``needs_training``) is there, resolves the example inputs the model is traced on (given, or the
+zoo model's own input shape, or the training data's), calls the subclass's :meth:`PruningMethod._prune`, keeps the
+masks an already pruned model carries (``PruneData.masks``) and checks the result's masks against the model.
 
-- ``masks``: boolean keep-masks over weight tensors (unstructured: magnitude, SNIP, GC-Net, N2NSkip; connection masks
-  over whole kernel slices ``W[j, i, :, :]``: MINT, SNACS);
-- ``remove``: output units (channels or neurons) of conv/linear layers to remove physically (L1-filter, K-FAC);
-- ``merge``: consecutive layers to merge into one (layer sparsity);
-- ``skips``: connections to add (N2NSkip);
-- ``model``: methods that train while they prune return the trained model they pruned.
-
-``sparsity`` means one thing everywhere: the fraction of prunable weights (conv and linear weights, not biases, BN or
-added skips) that are zero or removed (see ``measure.sparsity``).
+Methods that train while they prune derive from :class:`TrainingMethod`, which exposes the pieces a user's own
+training loop needs (:meth:`~TrainingMethod.start`, :meth:`~TrainingMethod.penalty`,
+:meth:`~TrainingMethod.on_step`, :meth:`~TrainingMethod.on_epoch_end`, :meth:`~TrainingMethod.finalize`);
+connprune's own trainer calls exactly these through its public hooks (:class:`MethodHook`).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from connprune import models
 from connprune.data import ImageData
 from connprune.errors import UserError
+from connprune.graph import ExampleInputs
+from connprune.plan import Kind, PruningResult, Sparsity
+from connprune.surgery.masks import check_masks, combine
 from connprune.train.recipes import TrainConfig
-
-Sparsity = float | Literal["auto"]
-
-
-class Kind(str, Enum):
-    """What a method produces (the ``kind`` column of ``connprune methods``)."""
-
-    UNSTRUCTURED = "unstructured"
-    CONNECTION = "connection"
-    STRUCTURED = "structured"
-    DURING_TRAINING = "during-training"
-    LAYER = "layer"
+from connprune.train.trainer import Trainer, TrainHook
 
 
 class MethodParams(BaseModel):
-    """Base of every method's parameters: unknown keys are errors."""
+    """Base of every method's parameters: unknown keys are errors; each field's docstring is its description
+    (shown by ``connprune methods NAME``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     seed: int = 0
+    """Seed of every random choice the method makes."""
 
 
 @dataclass
 class PruneData:
-    """The data and recipes a method may use. Methods declare which they need; the rest may be ``None``."""
+    """What a method may read besides the model. Methods declare what they need; the rest may be ``None``."""
 
     train: ImageData | None = None
+    """Training data (activations, gradients, probe samples, or the data a training method trains on)."""
     test: ImageData | None = None
+    """Test data (methods that train report test accuracy per epoch)."""
     recipe: TrainConfig | None = None
     """The training recipe for methods that prune while training (``needs_training``)."""
+    example_inputs: ExampleInputs | None = None
+    """What the model is traced on: a tensor with a batch dimension, a tuple of tensors, or a shape ``(C, H, W)``.
+    ``None``: a zoo model's own input shape, else one sample of ``train``."""
+    masks: dict[str, torch.Tensor] | None = None
+    """Keep-masks of an already pruned model: the result keeps them (a weight pruned before stays pruned) and they
+    count toward the sparsity."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = False
 
 
-@dataclass
-class PruningResult:
-    """What to prune. Mask keys and ``remove`` keys are parameter and module names of the pruned model."""
-
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Parameter name → boolean mask of the same shape (True = keep)."""
-    remove: dict[str, list[int]] = field(default_factory=dict)
-    """Conv/linear module name → indices of its output units to remove (coupled layers follow via graph/)."""
-    merge: list[list[str]] = field(default_factory=list)
-    """Runs of consecutive layer names to merge into one (layer sparsity)."""
-    skips: list[dict[str, Any]] = field(default_factory=list)
-    """Connections to add (N2NSkip); each a JSON-serialisable description used by ``surgery.skips``."""
-    model: nn.Module | None = None
-    """For methods that train while they prune: the trained model the result applies to."""
-    train_after: int | None = None
-    """Epochs to train after surgery with the masks enforced (``None``: the caller's fine-tune/training epochs;
-    methods that train while they prune set 0, or their refit epochs)."""
-    info: dict[str, Any] = field(default_factory=dict)
-    """Extra numbers for ``metrics.json`` (stage timings, per-layer limits, chosen ratios, ...)."""
+def resolve_example_inputs(model: nn.Module, data: PruneData) -> ExampleInputs:
+    """The example inputs of ``data``, else the zoo model's input shape, else the training data's input shape."""
+    if data.example_inputs is not None:
+        return data.example_inputs
+    if models.is_zoo_model(model):
+        return models.input_shape(model)
+    if data.train is not None:
+        return tuple(data.train.info.input_shape)
+    raise UserError(f"{type(model).__name__} is not a zoo model, so connprune cannot tell what it takes as input; "
+                    "pass PruneData(example_inputs=torch.randn(1, C, H, W)) (as for Torch-Pruning)")
 
 
 class PruningMethod(ABC):
-    """Base class. Subclasses set the class attributes and implement :meth:`prune`."""
+    """Base class. Subclasses set the class attributes and implement :meth:`_prune`."""
 
     name: ClassVar[str]
     kind: ClassVar[Kind]
@@ -117,17 +109,39 @@ class PruningMethod(ABC):
                                 for k, v in self.Params.model_fields.items())
             raise UserError(f"method {self.name!r}: {problems}; its parameters are: {allowed}") from None
 
-    @abstractmethod
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        """Decide what to prune in ``model`` to reach ``sparsity``; does not modify ``model``'s weights."""
+    # -- the template ------------------------------------------------------------------------------------------
+    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData | None = None) -> PruningResult:
+        """Decide what to prune in ``model`` to reach ``sparsity``; does not change ``model``'s structure.
 
-    def training_inputs(self, data: PruneData) -> tuple[ImageData, TrainConfig]:
-        """The training data and recipe of a method that trains while it prunes (a UserError naming the fix when
-        either is missing)."""
-        if data.train is None or data.recipe is None:
+        Validates ``sparsity`` and the data the method needs, resolves the example inputs, runs the method
+        (:meth:`_prune`), keeps ``data.masks`` and checks the result's masks against the model.
+        """
+        data = PruneData() if data is None else data
+        sparsity = self.check_sparsity(sparsity)
+        self._require(data)
+        data = replace(data, example_inputs=resolve_example_inputs(model, data))
+        result = self._prune(model, sparsity, data)
+        pruned = result.model if result.model is not None else model
+        result.masks = check_masks(pruned, result.masks)
+        if data.masks:
+            earlier = {k: v for k, v in check_masks(model, data.masks).items()
+                       if pruned is model or k in dict(pruned.named_parameters())}
+            result.masks = combine(earlier, result.masks)
+        return result
+
+    @abstractmethod
+    def _prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
+        """The method's own step: ``sparsity`` is validated and ``data.example_inputs`` is set."""
+
+    def _require(self, data: PruneData) -> None:
+        """UserError naming the fix when data the method declares it needs is missing."""
+        if self.needs_training and (data.train is None or data.recipe is None):
             raise UserError(f"method {self.name!r} trains while it prunes: it needs training data and a recipe; run "
-                            f"connprune prune --method {self.name} --model NAME --data NAME --epochs N")
-        return data.train, data.recipe
+                            f"connprune prune --method {self.name} --model NAME --data NAME --epochs N (or pass "
+                            "PruneData(train=..., recipe=TrainConfig(...)))")
+        if self.needs_data and data.train is None:
+            raise UserError(f"method {self.name!r} needs training data; pass --data NAME (or a checkpoint that "
+                            "records its data set), or PruneData(train=...) in Python")
 
     def check_sparsity(self, sparsity: Sparsity) -> Sparsity:
         """Validate a requested sparsity: a number in [0, 1), or ``"auto"`` for methods that choose their own."""
@@ -136,20 +150,129 @@ class PruningMethod(ABC):
                 raise UserError(f"method {self.name!r} needs a numeric --sparsity in [0, 1); 'auto' is for methods "
                                 "that choose their own budget")
             return sparsity
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0 \
+                or math.isnan(sparsity):
             raise UserError(f"sparsity must be a number in [0, 1) (the fraction of prunable weights removed), "
                             f"got {sparsity!r}")
         return float(sparsity)
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
-        """Name, kind, paper, parameters with defaults and needs, for ``connprune methods``."""
+        """Name, kind, paper, parameters with defaults and descriptions, and needs, for ``connprune methods``."""
+        fields = cls.Params.model_fields
         return {
             "name": cls.name, "kind": cls.kind.value, "paper": cls.paper, "summary": cls.summary,
-            "parameters": {k: v.get_default(call_default_factory=True) for k, v in cls.Params.model_fields.items()},
+            "parameters": {k: v.get_default(call_default_factory=True) for k, v in fields.items()},
+            "descriptions": {k: " ".join((v.description or "").split()) for k, v in fields.items()},
             "needs_trained": cls.needs_trained, "needs_data": cls.needs_data, "needs_training": cls.needs_training,
             "supports_auto": cls.supports_auto,
         }
+
+
+class TrainingMethod(PruningMethod):
+    """A method that trains while it prunes, usable from connprune's trainer or from a user's own loop::
+
+        method.start(model, sparsity, PruneData(train=..., example_inputs=x), optimizer=opt, steps_per_epoch=n,
+                     epochs=E)
+        for epoch in range(1, E + 1):
+            for step, (x, y) in enumerate(loader, ...):
+                out = model(x)
+                loss = F.cross_entropy(out, y) + method.penalty(model, out, y)
+                opt.zero_grad(); loss.backward(); opt.step()
+                method.on_step(global_step, model, opt)
+            method.on_epoch_end(epoch, model, opt)
+        result = method.finalize(model)               # a PruningResult for surgery.apply
+
+    :meth:`_prune` (what :meth:`prune` runs) does exactly that with connprune's :class:`Trainer` for the method's
+    share of the recipe's epochs (:meth:`training_epochs`) and returns the result with the trained model.
+    """
+
+    needs_trained = False
+    needs_data = True
+    needs_training = True
+
+    def start(self, model: nn.Module, sparsity: Sparsity, data: PruneData | None = None, *,
+              optimizer: torch.optim.Optimizer | None = None, steps_per_epoch: int | None = None,
+              epochs: int | None = None) -> None:
+        """Prepare to train ``model`` toward ``sparsity`` (schedules, statistics, masks). ``data`` gives example
+        inputs (and training data for methods that measure on it); ``optimizer`` is the one the loop steps (for
+        methods that keep masks enforced); ``steps_per_epoch`` and ``epochs`` size schedules."""
+        data = PruneData() if data is None else data
+        self.sparsity = self.check_sparsity(sparsity)
+        self.data = replace(data, example_inputs=resolve_example_inputs(model, data))
+        self.optimizer, self.steps_per_epoch, self.epochs = optimizer, steps_per_epoch, epochs
+
+    def penalty(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The term to add to the loss of this step (zero for methods whose regularisation is a proximal step in
+        :meth:`on_step`)."""
+        return outputs.new_zeros(())
+
+    def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After every optimiser step (``step`` counts steps taken, from 1)."""
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """After every epoch (``epoch`` counts from 1)."""
+
+    @abstractmethod
+    def finalize(self, model: nn.Module) -> PruningResult:
+        """What to prune now that training is over."""
+
+    def training_epochs(self, epochs: int) -> tuple[int, int]:
+        """``(epochs trained with the method, epochs trained after surgery)`` out of the recipe's ``epochs``."""
+        return epochs, 0
+
+    def _prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
+        return self.train(model, sparsity, data)
+
+    def train(self, model: nn.Module, sparsity: Sparsity, data: PruneData,
+              hooks: list[TrainHook] | None = None) -> PruningResult:
+        """Train ``model`` with this method in connprune's trainer (``hooks`` run after the method's own) and return
+        :meth:`finalize`'s result with the trained model and the epochs left for after surgery."""
+        if data.train is None or data.recipe is None:
+            raise UserError(f"method {self.name!r} trains: it needs PruneData(train=..., recipe=...)")
+        during, after = self.training_epochs(data.recipe.epochs)
+        trainer = Trainer(model, data.train, data.test, data.recipe.model_copy(update={"epochs": during}),
+                          hooks=[MethodHook(self), *(hooks or [])], progress=data.progress, device=data.device,
+                          description=self.description())
+        self.start(model, sparsity, data, optimizer=trainer.optimizer, steps_per_epoch=len(trainer.batches),
+                   epochs=during)
+        fit = trainer.fit()
+        result = self.finalize(model)
+        result.model = model
+        result.train_after = after if result.train_after is None else result.train_after
+        result.info.setdefault("train_seconds", fit.seconds)
+        return result
+
+    def description(self) -> str:
+        """What the progress bar says while the method trains."""
+        return self.name
+
+
+class MethodHook(TrainHook):
+    """Connects a :class:`TrainingMethod` to connprune's :class:`Trainer` through its public hooks."""
+
+    def __init__(self, method: TrainingMethod) -> None:
+        self.method = method
+
+    def loss_term(self, trainer: Trainer, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.method.penalty(trainer.model, outputs, targets)
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.method.on_step(trainer.step, trainer.model, trainer.optimizer)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.method.on_epoch_end(epoch, trainer.model, trainer.optimizer)
+
+
+def split_epochs(method: str, total: int, after: int | None, default_after: int | None = None) -> tuple[int, int]:
+    """``(epochs with the penalty, refit epochs)``: ``after`` refit epochs (default a third of ``total``) and the
+    rest penalised; UserError if none are left to penalise."""
+    after = (total // 3 if default_after is None else default_after) if after is None else after
+    penalised = total - after
+    if penalised < 1:
+        raise UserError(f"{method}: {total} epochs leave {penalised} for the penalised training after {after} refit "
+                        "epochs; pass more --epochs or a smaller --param refit_epochs")
+    return penalised, after
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -157,3 +280,7 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown parameter {where!r}"
     return f"parameter {where!r}: {error['msg']}"
+
+
+__all__ = ["Kind", "MethodHook", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity",
+           "TrainingMethod", "resolve_example_inputs", "split_epochs"]

@@ -20,11 +20,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from connprune.graph import ChannelGroup, ModelGraph, build
+from connprune.graph import ModelGraph, build
+from connprune.measure.importance import ChannelImportance
 from connprune.measure.sparsity import count_prunable
-from connprune.methods.base import MethodParams, PruneData, PruningResult
-
-ChannelScores = Callable[[ChannelGroup, ModelGraph], torch.Tensor]
+from connprune.methods.base import MethodParams, PruneData
+from connprune.plan import PruningResult
 
 
 class ChannelBudgetParams(MethodParams):
@@ -99,11 +99,9 @@ def smallest_ratio(achieved: Callable[[float], float], sparsity: float, steps: i
 
 
 def structured_removal(model: nn.Module, sparsity: float, data: PruneData, params: ChannelBudgetParams,
-                       channel_scores: ChannelScores) -> PruningResult:
+                       channel_scores: ChannelImportance) -> PruningResult:
     """Remove the lowest-scoring channels of every group at one uniform ratio that meets ``sparsity``."""
-    input_shape = (model.connprune_config["in_channels"], model.connprune_config["input_size"],
-                   model.connprune_config["input_size"])
-    graph = build(model, input_shape)
+    graph = build(model, data.example_inputs)
     strict = params.round_to != "auto"
     round_to = auto_round_to(data.device) if params.round_to == "auto" else params.round_to
     groups = [g for g in graph.groups if params.prune_residual or not g.residual]

@@ -1,32 +1,32 @@
 """GC-Net, Ghost-Connect Net (Wisell & Yasaei Sekeh, "Ghost-Connect Net: A Generalization-Enhanced Guidance For
 Sparse Deep Networks Under Distribution Shifts", arXiv 2411.09199, 2024; Neural Processing Letters 57(5), 2025).
 
-Spec: ``shared/specs/gcnet.md``. The full paper was not available; what is confirmed (from the abstracts) is the
+Spec: docs/methods/gcnet.md. The full paper was not available; what is confirmed (from the abstracts) is the
 scheme: build a companion "ghost" network whose weights are connectivity measurements between the units of
 consecutive layers, magnitude-prune the ghost, map the pruned ghost locations back to connections of the original
 network, and hybridise — direct magnitude pruning in the early layers, GC-Net guidance in the later ones. Everything
-else is **reconstructed** (gcnet.md §2–§4) and exposed as a parameter:
+else is **reconstructed** (docs/methods/gcnet.md §2–§4) and exposed as a parameter:
 
-1. Connectivity ``G^l[j, i]`` (gcnet.md §2): :mod:`connprune.measure.connectivity` — per-class |Pearson| averaged
-   over classes (``measure="pearson"``, default) or an EDGE mutual-information variant (``measure="mi"``), at the
-   post-activation site (``site="post"``) or the module outputs (``site="module"``), on ``probe_per_class``
-   training samples per class, std guard ``std_guard``.
-2. Ghost pruning (gcnet.md §2 "Pruning the ghost network", §3 step 6): per ghost layer keep the
+1. Connectivity ``G^l[j, i]`` (docs/methods/gcnet.md §2): :mod:`connprune.measure.connectivity` — per-class |Pearson|
+   averaged over classes (``measure="pearson"``, default) or an EDGE mutual-information variant (``measure="mi"``), at
+   the post-activation site (``site="post"``) or the module outputs (``site="module"``), on ``probe_per_class`` training
+   samples per class, std guard ``std_guard``.
+2. Ghost pruning (docs/methods/gcnet.md §2 "Pruning the ghost network", §3 step 6): per ghost layer keep the
    ``numel(G) − round(s · numel(G))`` largest entries (``ghost_scope="layer"``), ties kept at the earliest index;
    or one threshold over all ghost layers (``ghost_scope="global"``), cut where the weights the pruned entries stand
    for reach ``round(s · Σ weights)``.
-3. Mapping (gcnet.md §2 "Mapping back"): conv child ``M[j, i, :, :] = Γ[j, i]``; linear child reading a flatten
-   ``M[j, i·HW:(i+1)·HW] = Γ[j, i]``; linear child ``M[j, i] = Γ[j, i]``.
-4. Hybrid (gcnet.md §2 "Hybrid"): the first ``b`` prunable layers (forward order) get element-wise magnitude masks at
-   sparsity ``s``; later layers with a ghost parent get ghost masks; layers without one (projection shortcuts unless
-   ``include_shortcuts``, depthwise convs, the classifier if ``include_classifier=False``) get magnitude masks.
-   ``hybrid_split``: an integer ``b`` with ``1 ≤ b ≤ L``, or a fraction in (0, 1) of the depth
-   (``b = max(1, round(fraction · L))``). ``b = L`` is layer-wise magnitude pruning bit for bit.
+3. Mapping (docs/methods/gcnet.md §2 "Mapping back"): conv child ``M[j, i, :, :] = Γ[j, i]``; linear child reading a
+   flatten ``M[j, i·HW:(i+1)·HW] = Γ[j, i]``; linear child ``M[j, i] = Γ[j, i]``.
+4. Hybrid (docs/methods/gcnet.md §2 "Hybrid"): the first ``b`` prunable layers (forward order) get element-wise
+   magnitude masks at sparsity ``s``; later layers with a ghost parent get ghost masks; layers without one (projection
+   shortcuts unless ``include_shortcuts``, depthwise convs, the classifier if ``include_classifier=False``) get
+   magnitude masks. ``hybrid_split``: an integer ``b`` with ``1 ≤ b ≤ L``, or a fraction in (0, 1) of the depth (``b =
+   max(1, round(fraction · L))``). ``b = L`` is layer-wise magnitude pruning bit for bit.
 5. Exact total (``match_total=True``): a ghost layer can only prune whole kernel slices / column blocks, so its
    weight sparsity is ``s`` up to half a block; the direct-magnitude layers absorb the difference (by layer size,
    largest remainders first) so the total matches layer-wise magnitude pruning at ``s``.
-6. Structured extension (gcnet.md §3 step 10, ours): the masks are returned as they are; ``surgery.apply`` with
-   ``shrink=True`` removes units left with no live inputs (constant outputs, folded into the next layer's bias) or
+6. Structured extension (docs/methods/gcnet.md §3 step 10, ours): the masks are returned as they are; ``surgery.apply``
+   with ``shrink=True`` removes units left with no live inputs (constant outputs, folded into the next layer's bias) or
    no live outputs, exactly (:mod:`connprune.surgery.shrink`). ``info`` reports how many such units the ghost masks
    made.
 
@@ -50,7 +50,7 @@ from connprune.measure import importance
 from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, network_connectivity
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
 
 
 class GCNetParams(MethodParams):
@@ -62,15 +62,15 @@ class GCNetParams(MethodParams):
     site: Literal["post", "module"] = "post"
     """Activation site (reconstructed): what the next layer reads (after BN/ReLU/pooling) or the module outputs."""
     probe_per_class: int = Field(100, ge=2)
-    """Probe samples per class drawn from the training data (gcnet.md §4: 100; at least 30 advised)."""
+    """Probe samples per class drawn from the training data (docs/methods/gcnet.md §4: 100; at least 30 advised)."""
     std_guard: float = Field(STD_GUARD, ge=0.0)
     """A unit with a per-class standard deviation below this counts as constant (connectivity 0)."""
     ghost_scope: Literal["layer", "global"] = "layer"
     """Magnitude pruning of the ghost network per layer (default) or with one threshold over all ghost layers."""
     include_classifier: bool = True
-    """The classifier is the child of the last pair (gcnet.md §4); False prunes it by magnitude."""
+    """The classifier is the child of the last pair (docs/methods/gcnet.md §4); False prunes it by magnitude."""
     include_shortcuts: bool = False
-    """Give 1×1 projection shortcuts a ghost parent (gcnet.md §3 step 5 prunes them by magnitude)."""
+    """Give 1×1 projection shortcuts a ghost parent (docs/methods/gcnet.md §3 step 5 prunes them by magnitude)."""
     match_total: bool = True
     """Direct layers absorb the ghost layers' rounding so the total sparsity equals layer-wise magnitude's."""
     batch_size: int = Field(256, ge=1)
@@ -122,7 +122,7 @@ def ghost_keep_global(ghosts: dict[str, torch.Tensor], block: dict[str, int],
 
 
 def map_to_weights(ghost_mask: torch.Tensor, weight: torch.Tensor, features_per_channel: int) -> torch.Tensor:
-    """Weight keep-mask of a child from its ghost mask Γ (units, channels) (gcnet.md §2 "Mapping back")."""
+    """Weight keep-mask of a child from its ghost mask Γ (units, channels) (docs/methods/gcnet.md §2 "Mapping back")."""
     if weight.dim() == 4:
         return ghost_mask[:, :, None, None].expand(weight.shape).clone()
     if weight.dim() == 2:
@@ -166,20 +166,16 @@ class GCNet(PruningMethod):
     name = "gcnet"
     kind = Kind.UNSTRUCTURED
     paper = ("Wisell & Yasaei Sekeh, Ghost-Connect Net: A Generalization-Enhanced Guidance For Sparse Deep Networks "
-             "Under Distribution Shifts, arXiv 2411.09199, 2024 (measure reconstructed, see gcnet.md)")
+             "Under Distribution Shifts, arXiv 2411.09199, 2024 (measure reconstructed, see docs/methods/gcnet.md)")
     summary = ("magnitude-prune a ghost network of per-class |Pearson| connectivities between consecutive layers, "
                "map it back to kernel slices; direct magnitude on the first b layers")
     Params = GCNetParams
     needs_data = True
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
+    def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         p = self.params
-        if data.train is None:
-            raise UserError("gcnet needs training data for its probe set (connectivity between layers); pass "
-                            "--data NAME (or a checkpoint that records its data set)")
         started = time.perf_counter()
-        graph = build(model, data.train.info.input_shape)
+        graph = build(model, data.example_inputs)
         weights = prunable_weights(model)
         order = [f"{layer}.weight" for layer in graph.layers if f"{layer}.weight" in weights]
         depth = len(order)

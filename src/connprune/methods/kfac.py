@@ -5,13 +5,13 @@ Kronecker Factored Curvature Approximation", arXiv 2111.08577 (2021), IJCNN 2023
 neurons/filters are pruned, the network is trained from scratch while it is pruned, and the parameters are steered
 toward a flat minimum through the spectral radius of the Hessian approximated with K-FAC.
 
-Everything else here is **reconstructed (not confirmed from the paper)**, following ``specs/kfac_pruning.md``; each
-choice is a parameter:
+Everything else here is **reconstructed (not confirmed from the paper)**, following docs/methods/kfac.md; each choice is
+a parameter:
 
-- objective ``CE + β·ρ̂`` (§2) with ρ̂ = max_l (``reduce='max'``) or Σ_l (``'sum'``) of λmax(A_{l-1})·λmax(G_l)
-  from EMA K-FAC factors (:mod:`connprune.measure.curvature`), its gradient by eigenvalue perturbation with the
-  eigenvectors held fixed (``g_mode='A_only'``: only the activation side; ``'full'``: both, by double backprop);
-  β ramps linearly from 0 over the first ``warmup`` fraction of training;
+- objective ``CE + β·ρ̂`` (docs/methods/kfac.md §2) with ρ̂ = max_l (``reduce='max'``) or Σ_l (``'sum'``) of
+  λmax(A_{l-1})·λmax(G_l) from EMA K-FAC factors (:mod:`connprune.measure.curvature`), its gradient by eigenvalue
+  perturbation with the eigenvectors held fixed (``g_mode='A_only'``: only the activation side; ``'full'``: both, by
+  double backprop); β ramps linearly from 0 over the first ``warmup`` fraction of training;
 - a pruning window (epochs ``prune_start``..``prune_end`` of training, as fractions) in which the active neurons of
   every prunable layer follow the cubic schedule ``n(e) = k + (n − k)(1 − (e − E_s)/(E_e − E_s))³`` (Zhu & Gupta
   2017's gradual schedule applied to neuron counts), removing the lowest-``importance`` active neurons at each epoch
@@ -21,10 +21,10 @@ choice is a parameter:
   removed physically by :func:`connprune.surgery.apply` (``result.remove``).
 
 Budget: with ``budget='weights'`` (default) ``--sparsity`` is the contract's fraction of prunable weights and the
-per-layer neuron targets k_l come from one uniform neuron-removal ratio found by bisection on the exact remaining
-weight count (:func:`connprune.methods.channel_budget.remaining_weights`); with ``budget='neurons'`` ``--sparsity`` is
-the fraction of neurons removed in every prunable layer, ``k_l = ceil((1 − s)·n_l)`` (spec §3 step 2). By default
-the first conv layer, the classifier's outputs and residual-stream channels are not pruned.
+per-layer neuron targets k_l come from one uniform neuron-removal ratio found by bisection on the exact remaining weight
+count (:func:`connprune.methods.channel_budget.remaining_weights`); with ``budget='neurons'`` ``--sparsity`` is the
+fraction of neurons removed in every prunable layer, ``k_l = ceil((1 − s)·n_l)`` (docs/methods/kfac.md §3 step 2). By
+default the first conv layer, the classifier's outputs and residual-stream channels are not pruned.
 
 β = 0 is the ablation without flatness (the same schedule and importance).
 """
@@ -36,7 +36,6 @@ import time
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -44,14 +43,15 @@ from connprune.data import ImageData
 from connprune.data.pipeline import Batches
 from connprune.errors import UserError
 from connprune.graph import ChannelGroup, ModelGraph, build
-from connprune.measure import curvature
+from connprune.measure import curvature, importance
 from connprune.measure.sparsity import count_prunable
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningResult, Sparsity, TrainingMethod
 from connprune.methods.channel_budget import kept_channels, remaining_weights, smallest_ratio
 from connprune.surgery import MaskEnforcer, removal_masks
+from connprune.train import distributed
 from connprune.train.recipes import TrainConfig
-from connprune.train.trainer import Trainer, TrainHook, learning_rate
+from connprune.train.trainer import TrainHook
 
 Importance = Literal["norm_in", "norm_inout", "bn", "curvature"]
 
@@ -72,9 +72,9 @@ class KFACParams(MethodParams):
     eig_every: int = Field(50, ge=1)
     """T_eig: recompute the top eigenpairs every this many steps."""
     eigh_max_dim: int = Field(512, ge=1)
-    """Factors up to this size get an exact ``eigh``; larger ones warm-started power iteration (20 steps). The
-    spec's value is 2048; 512 is the default here because one 785×785 ``eigh`` (the MLP's input factor) takes
-    ~26 ms on one CPU thread, which alone put the MLP's per-epoch overhead above 1.5×."""
+    """Factors up to this size get an exact ``eigh``; larger ones warm-started power iteration (20 steps). The value of
+    docs/methods/kfac.md §4 is 2048; 512 is the default here because one 785×785 ``eigh`` (the MLP's input factor)
+    takes ~26 ms on one CPU thread, which alone put the MLP's per-epoch overhead above 1.5×."""
     warmup: float = Field(0.1, ge=0, le=1)
     """Fraction of training over which β ramps linearly from 0 to ``beta``."""
     importance: Importance = "norm_inout"
@@ -133,7 +133,7 @@ def prunable_groups(graph: ModelGraph, prune_first_conv: bool, prune_residual: b
         if not prune_first_conv and first in group.producers and isinstance(graph.model.get_submodule(first),
                                                                             nn.Conv2d):
             continue
-        if graph.details.get(group.root) is not None and graph.details[group.root].depthwise:
+        if graph.depthwise_members(group.root):
             continue
         groups.append(group)
     return groups
@@ -162,45 +162,16 @@ def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: floa
     return kept_at(smallest_ratio(achieved, sparsity))
 
 
-def following_batchnorm(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, str]:
-    """Conv/linear name → the BatchNorm that directly normalises its output (traced: the BN's input *is* the
-    layer's output tensor)."""
-    produced: dict[int, str] = {}
-    found: dict[str, str] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: produced.__setitem__(id(o), name)))
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: found.__setitem__(produced[id(i[0])], name) if id(i[0]) in produced
-                else None))
-    was_training = model.training
-    parameter = next(model.parameters())
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(2, *input_shape, device=parameter.device, dtype=parameter.dtype))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return found
-
-
 # ------------------------------------------------------------------------------------------------------ the masks
 
 
 class NeuronMasks:
     """Which neurons of each prunable group are active, and the parameter masks that silence the others."""
 
-    def __init__(self, model: nn.Module, graph: ModelGraph, groups: list[ChannelGroup],
-                 input_shape: tuple[int, int, int]) -> None:
-        self.model, self.graph, self.input_shape = model, graph, input_shape
+    def __init__(self, model: nn.Module, graph: ModelGraph, groups: list[ChannelGroup]) -> None:
+        self.model, self.graph = model, graph
         self.groups = {g.root: g for g in groups}
         self.active = {g.root: torch.ones(g.channels, dtype=torch.bool) for g in groups}
-        self.batchnorm = following_batchnorm(model, input_shape)
 
     def counts(self) -> dict[str, int]:
         return {root: int(keep.sum()) for root, keep in self.active.items()}
@@ -216,169 +187,33 @@ class NeuronMasks:
         removed = self.removed()
         for root, indices in removed.items():
             for producer in self.groups[root].producers:
-                owners = [producer] + ([self.batchnorm[producer]] if producer in self.batchnorm else [])
-                for owner in owners:
+                norm = self.graph.batchnorm_after(producer)
+                for owner in [producer] + ([norm] if norm is not None else []):
                     for suffix in ("weight", "bias"):
                         name = f"{owner}.{suffix}"
                         if name in parameters:
                             mask = masks.setdefault(name, torch.ones_like(parameters[name], dtype=torch.bool))
                             mask[indices] = False
         if removed:
-            for name, mask in removal_masks(self.model, removed, self.input_shape).items():
+            for name, mask in removal_masks(self.model, removed, self.graph.example_inputs).items():
                 masks[name] = masks[name] & mask if name in masks else mask
         return masks
 
 
-class _GrowingMaskEnforcer(MaskEnforcer):
-    """:class:`MaskEnforcer` whose masks may grow between epochs (pruned neurons never come back)."""
-
-    def replace(self, trainer: Trainer, masks: dict[str, torch.Tensor]) -> None:
-        self.masks = dict(masks)
-        self.on_train_start(trainer)
-
-
-# ----------------------------------------------------------------------------------------------------- training
-
-
-class FlatPruningTrainer(Trainer):
-    """The :class:`~connprune.train.trainer.Trainer` with the K-FAC statistics and ``β·ρ̂`` penalty in each step."""
-
-    def __init__(self, *args: Any, params: KFACParams, layers: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.world_size > 1:
-            raise UserError("the kfac method trains on one process; run it without torchrun")
-        self.params = params
-        self.kfac = curvature.KFAC(self.model, layers, ema=params.ema, fisher=params.fisher, seed=params.seed,
-                                   eigh_max_dim=params.eigh_max_dim)
-        self.kfac.recording = False
-        self.radius_trace: list[dict[str, Any]] = []
-        self.penalty_seconds = 0.0
-
-    def beta_now(self) -> float:
-        ramp = self.params.warmup * self.total_steps
-        return self.params.beta * (1.0 if ramp <= 0 else min(1.0, self.step / ramp))
-
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.step, self.total_steps)
-        self.kfac.recording = True
-        logits = self.model(x)
-        self.kfac.recording = False
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
-        started = time.perf_counter()
-        if self.step % self.params.stat_every == 0:
-            self.kfac.update(logits, y)
-        if self.step % self.params.eig_every == 0:
-            self.kfac.refresh_eigen()
-            self.radius_trace.append({"step": self.step, "rho": self.kfac.spectral_radius(self.params.reduce),
-                                      "penalised": self.kfac.penalty_layers(self.params.reduce)})
-        beta = self.beta_now()
-        total = loss
-        if beta > 0:
-            total = loss + beta * self.kfac.penalty(self.params.reduce, self.params.g_mode, logits, y)
-        self.penalty_seconds += time.perf_counter() - started
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.kfac.clear_cache()
-        self.optimizer.step()
-        self.step += 1
-        for hook in self.hooks:
-            hook.after_step(self)
-        return loss.item() * len(y), int((logits.argmax(1) == y).sum().item())
-
-
 def neuron_scores(kind: Importance, masks: NeuronMasks, group: ChannelGroup, kfac: curvature.KFAC) -> torch.Tensor:
     """Importance of each neuron of ``group`` (higher = keep); see :class:`KFACParams.importance`."""
-    model = masks.model
-    channels = group.channels
     if kind == "curvature":
-        score = torch.zeros(channels)
+        score = torch.zeros(group.channels)
         for producer in group.producers:
             state = kfac.layers.get(producer)
             if state is not None and state.vec_g is not None:
                 score -= state.vec_g.detach().cpu().float().pow(2)
         return score
     if kind == "bn":
-        score = torch.zeros(channels)
-        for producer in group.producers:
-            if producer not in masks.batchnorm:
-                raise UserError(f"importance='bn' needs a BatchNorm after {producer!r}, which has none; use "
-                                "importance='norm_inout' for models without BatchNorm")
-            score += model.get_submodule(masks.batchnorm[producer]).weight.detach().abs().cpu()
-        return score
-    squared = torch.zeros(channels)
-    for producer in group.producers:
-        layer = model.get_submodule(producer)
-        squared += layer.weight.detach().reshape(channels, -1).pow(2).sum(1).cpu()
-        if layer.bias is not None:
-            squared += layer.bias.detach().pow(2).cpu()
-    score = squared.sqrt()
-    if kind == "norm_inout":
-        outgoing = torch.zeros(channels)
-        for pair in masks.graph.pairs:
-            if pair.parent in group.producers and pair.child in group.consumers:
-                weight = model.get_submodule(pair.child).weight.detach()
-                block = pair.features_per_channel
-                per_input = weight.transpose(0, 1).reshape(weight.shape[1], -1).pow(2).sum(1).cpu()
-                outgoing += per_input.view(channels, block).sum(1)
-        score = score * outgoing.sqrt()
-    return score
-
-
-class _PruneOnSchedule(TrainHook):
-    """At the end of each epoch in the window, deactivate the lowest-importance active neurons of every group
-    to reach the cubic schedule; keep everything pruned at 0 after every step."""
-
-    def __init__(self, masks: NeuronMasks, targets: dict[str, int], window: tuple[int, int],
-                 importance: Importance) -> None:
-        self.masks, self.targets, self.window, self.importance = masks, targets, window, importance
-        self.enforcer = _GrowingMaskEnforcer({})
-        self.history: list[dict[str, Any]] = []
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        self.enforcer.replace(trainer, self.masks.parameter_masks())
-
-    def after_step(self, trainer: Trainer) -> None:
-        self.enforcer.after_step(trainer)
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        start, end = self.window
-        if not start < epoch <= end:
-            return
-        kfac = trainer.kfac if isinstance(trainer, FlatPruningTrainer) else None
-        counts, dropped = {}, False
-        for root, group in self.masks.groups.items():
-            active = self.masks.active[root]
-            wanted = cubic_schedule(group.channels, self.targets[root], epoch, start, end)
-            drop = int(active.sum()) - wanted
-            if drop > 0:
-                scores = neuron_scores(self.importance, self.masks, group, kfac).clone()
-                scores[~active] = float("inf")  # pruned neurons never return (nor are they chosen twice)
-                order = torch.argsort(scores, stable=True)[:drop]
-                active[order] = False
-                dropped = True
-            counts[root] = int(active.sum())
-        self.history.append({"epoch": epoch, "active": counts})
-        if not dropped:
-            return
-        self.enforcer.replace(trainer, self.masks.parameter_masks())
-        if kfac is not None:
-            self._mask_factors(kfac)
-            kfac.refresh_eigen()
-
-    def _mask_factors(self, kfac: curvature.KFAC) -> None:
-        """Zero the K-FAC rows/columns of pruned outputs (G) and of inputs read from pruned neurons (A)."""
-        masks = self.enforcer.masks
-        for name, state in kfac.layers.items():
-            module = state.module
-            keep_out = masks.get(f"{name}.weight")
-            keep_out = keep_out.reshape(keep_out.shape[0], -1).any(1) if keep_out is not None else None
-            keep_in = masks.get(f"{name}.weight")
-            if keep_in is not None:
-                keep_in = keep_in.reshape(keep_in.shape[0], -1).any(0)
-                if module.bias is not None:
-                    keep_in = torch.cat([keep_in, torch.ones(1, dtype=torch.bool)])
-            kfac.set_keep(name, keep_in, keep_out)
+        return importance.batchnorm_scale(group, masks.graph)
+    if kind == "norm_in":
+        return importance.incoming_norm(group, masks.graph)
+    return importance.in_out_norm(group, masks.graph)
 
 
 def diagnostic_batch(data: ImageData, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,69 +237,155 @@ def final_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: 
     return info
 
 
+# ----------------------------------------------------------------------------------------------------- the method
+
+
+@register
+class KFACPruning(TrainingMethod):
+    name = "kfac"
+    kind = Kind.DURING_TRAINING
+    paper = ("Ebrahimi & Klabjan, Neuron-based Pruning of Deep Neural Networks with Better Generalization using "
+             "Kronecker Factored Curvature Approximation, arXiv 2111.08577 (IJCNN 2023); design reconstructed")
+    summary = ("neurons: train from scratch with CE + β·K-FAC spectral radius, prune neurons on a cubic schedule, "
+               "remove them")
+    Params = KFACParams
+
+    def description(self) -> str:
+        return f"kfac β={self.params.beta}"
+
+    def start(self, model: nn.Module, sparsity: Sparsity, data: PruneData | None = None, *,
+              optimizer: torch.optim.Optimizer | None = None, steps_per_epoch: int | None = None,
+              epochs: int | None = None) -> None:
+        """Targets, pruning window, neuron masks and K-FAC statistics (hooks on the layers) for ``epochs`` epochs of
+        ``steps_per_epoch`` steps."""
+        super().start(model, sparsity, data, optimizer=optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
+        p = self.params
+        if epochs is None or epochs < 1 or steps_per_epoch is None:
+            raise UserError("the kfac method trains while it prunes: pass --epochs N with N >= 1 (in Python: "
+                            "start(..., steps_per_epoch=S, epochs=N))")
+        if distributed.is_distributed() and distributed.world_size() > 1:
+            raise UserError("the kfac method trains on one process; run it without torchrun")
+        graph = build(model, self.data.example_inputs)
+        groups = prunable_groups(graph, p.prune_first_conv, p.prune_residual)
+        if not groups:
+            raise UserError("this model has no prunable neurons under the current options (first conv and residual "
+                            "streams excluded); set prune_first_conv=true or prune_residual=true")
+        self.targets = neuron_targets(graph, groups, float(self.sparsity), p.budget, p.min_neurons)
+        self.window = pruning_window(epochs, p.prune_start, p.prune_end)
+        self.masks = NeuronMasks(model, graph, groups)
+        self.enforcer = MaskEnforcer(model, self.masks.parameter_masks(), optimizer)
+        self.layers = [name for name in graph.layers if not curvature.is_grouped_conv(model.get_submodule(name))]
+        self.kfac = curvature.KFAC(model, self.layers, ema=p.ema, fisher=p.fisher, seed=p.seed,
+                                   eigh_max_dim=p.eigh_max_dim)
+        self.kfac.recording = False
+        self._recorder = model.register_forward_pre_hook(self._record)
+        self.total_steps, self.steps = epochs * steps_per_epoch, 0
+        self.radius_trace: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.penalty_seconds = 0.0
+
+    def _record(self, module: nn.Module, inputs: Any) -> None:
+        """K-FAC caches the layer inputs of training forward passes only (not evaluation)."""
+        self.kfac.recording = module.training and torch.is_grad_enabled()
+
+    def beta_now(self) -> float:
+        """β ramps linearly from 0 to ``beta`` over the first ``warmup`` fraction of the steps."""
+        ramp = self.params.warmup * self.total_steps
+        return self.params.beta * (1.0 if ramp <= 0 else min(1.0, self.steps / ramp))
+
+    def penalty(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``β·ρ̂`` (docs/methods/kfac.md §2), updating the K-FAC factors every ``stat_every`` steps and their top
+        eigenpairs every ``eig_every`` steps."""
+        p = self.params
+        self.kfac.recording = False
+        started = time.perf_counter()
+        if self.steps % p.stat_every == 0:
+            self.kfac.update(outputs, targets)
+        if self.steps % p.eig_every == 0:
+            self.kfac.refresh_eigen()
+            self.radius_trace.append({"step": self.steps, "rho": self.kfac.spectral_radius(p.reduce),
+                                      "penalised": self.kfac.penalty_layers(p.reduce)})
+        beta = self.beta_now()
+        term = beta * self.kfac.penalty(p.reduce, p.g_mode, outputs, targets) if beta > 0 else outputs.new_zeros(())
+        self.penalty_seconds += time.perf_counter() - started
+        return term
+
+    def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.kfac.clear_cache()
+        self.steps = step
+        self.enforcer.attach(optimizer)  # a no-op unless a user's loop gave no optimizer to start()
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """In the pruning window, deactivate the lowest-importance active neurons of every group to reach the cubic
+        schedule; pruned neurons never return."""
+        start, end = self.window
+        if not start < epoch <= end:
+            return
+        counts, dropped = {}, False
+        for root, group in self.masks.groups.items():
+            active = self.masks.active[root]
+            drop = int(active.sum()) - cubic_schedule(group.channels, self.targets[root], epoch, start, end)
+            if drop > 0:
+                scores = neuron_scores(self.params.importance, self.masks, group, self.kfac).clone()
+                scores[~active] = float("inf")  # pruned neurons never return (nor are they chosen twice)
+                active[torch.argsort(scores, stable=True)[:drop]] = False
+                dropped = True
+            counts[root] = int(active.sum())
+        self.history.append({"epoch": epoch, "active": counts})
+        if dropped:
+            self.enforcer.update(self.masks.parameter_masks())
+            self._mask_factors()
+            self.kfac.refresh_eigen()
+
+    def _mask_factors(self) -> None:
+        """Zero the K-FAC rows/columns of pruned outputs (G) and of inputs read from pruned neurons (A)."""
+        for name, state in self.kfac.layers.items():
+            keep = self.enforcer.masks.get(f"{name}.weight")
+            if keep is None:
+                self.kfac.set_keep(name, None, None)
+                continue
+            keep_out = keep.reshape(keep.shape[0], -1).any(1)
+            keep_in = keep.reshape(keep.shape[0], -1).any(0)
+            if state.module.bias is not None:
+                keep_in = torch.cat([keep_in, torch.ones(1, dtype=torch.bool)])
+            self.kfac.set_keep(name, keep_in, keep_out)
+
+    def finalize(self, model: nn.Module) -> PruningResult:
+        """The neurons to remove, the final ρ̂ (on ``diagnostic_samples`` training images, exact-expectation
+        factors, eval mode) and the run's diagnostics."""
+        p = self.params
+        self.kfac.refresh_eigen()
+        running = self.kfac.spectral_radius(p.reduce)
+        self.kfac.close()
+        self._recorder.remove()
+        channels = sum(g.channels for g in self.masks.groups.values())
+        active = sum(self.masks.counts().values())
+        info: dict[str, Any] = {
+            "final_spectral_radius_ema": running, "neuron_sparsity": 1.0 - active / channels,
+            "neurons_before": channels, "neurons_after": active, "neuron_targets": self.targets,
+            "pruning_window_epochs": list(self.window), "schedule": self.history,
+            "spectral_radius_trace": self.radius_trace, "penalty_seconds": self.penalty_seconds,
+        }
+        if self.data.train is not None:
+            x, y = diagnostic_batch(self.data.train, p.diagnostic_samples, next(model.parameters()).device)
+            final = final_curvature(model, x, y, self.layers, p.reduce, p.exact_eigenvalue)
+            info.update(final_spectral_radius=final["spectral_radius"],
+                        final_spectral_radius_layers=final["spectral_radius_layers"])
+            if "exact_ggn_lambda_max" in final:
+                info["final_exact_ggn_lambda_max"] = final["exact_ggn_lambda_max"]
+        self.enforcer.detach()
+        return PruningResult(remove=self.masks.removed(), train_after=0, info=info)
+
+
 def train_and_prune(model: nn.Module, train_data: ImageData, test_data: ImageData | None, recipe: TrainConfig,
                     sparsity: float, params: KFACParams, *, progress: bool = False,
                     device: torch.device | None = None, hooks: list[TrainHook] | None = None
                     ) -> tuple[nn.Module, dict[str, list[int]], dict[str, Any]]:
     """Train ``model`` from its current (random) weights with CE + β·ρ̂ while pruning neurons on the cubic
     schedule; returns the trained masked model, the neurons to remove per group root, and diagnostics.
-    ``hooks`` run after the pruning hook (observers: they see each epoch's masks already updated)."""
-    if recipe.epochs < 1:
-        raise UserError("the kfac method trains while it prunes: pass --epochs N with N >= 1")
-    input_shape = train_data.info.input_shape
-    graph = build(model, input_shape)
-    groups = prunable_groups(graph, params.prune_first_conv, params.prune_residual)
-    if not groups:
-        raise UserError("this model has no prunable neurons under the current options (first conv and residual "
-                        "streams excluded); set prune_first_conv=true or prune_residual=true")
-    targets = neuron_targets(graph, groups, sparsity, params.budget, params.min_neurons)
-    window = pruning_window(recipe.epochs, params.prune_start, params.prune_end)
-    masks = NeuronMasks(model, graph, groups, input_shape)
-    schedule = _PruneOnSchedule(masks, targets, window, params.importance)
-    layers = [name for name in graph.layers if not curvature.is_grouped_conv(model.get_submodule(name))]
-    trainer = FlatPruningTrainer(model, train_data, test_data, recipe, hooks=[schedule, *(hooks or [])],
-                                 progress=progress, description=f"kfac β={params.beta}", device=device,
-                                 params=params, layers=layers)
-    result = trainer.fit()
-    trainer.kfac.refresh_eigen()
-    running = trainer.kfac.spectral_radius(params.reduce)
-    trainer.kfac.close()
-    x, y = diagnostic_batch(train_data, params.diagnostic_samples, trainer.device)
-    final = final_curvature(model, x, y, layers, params.reduce, params.exact_eigenvalue)
-    channels = sum(g.channels for g in groups)
-    active = sum(masks.counts().values())
-    info = {
-        "final_spectral_radius": final["spectral_radius"],
-        "final_spectral_radius_layers": final["spectral_radius_layers"],
-        "final_spectral_radius_ema": running,
-        "neuron_sparsity": 1.0 - active / channels,
-        "neurons_before": channels, "neurons_after": active,
-        "neuron_targets": targets, "pruning_window_epochs": list(window),
-        "schedule": schedule.history, "spectral_radius_trace": trainer.radius_trace,
-        "train_seconds": result.seconds, "penalty_seconds": trainer.penalty_seconds,
-        "train_history": result.history,
-    }
-    if "exact_ggn_lambda_max" in final:
-        info["final_exact_ggn_lambda_max"] = final["exact_ggn_lambda_max"]
-    return model, masks.removed(), info
-
-
-@register
-class KFACPruning(PruningMethod):
-    name = "kfac"
-    kind = Kind.DURING_TRAINING
-    paper = ("Ebrahimi & Klabjan, Neuron-based Pruning of Deep Neural Networks with Better Generalization using "
-             "Kronecker Factored Curvature Approximation, arXiv 2111.08577 (IJCNN 2023); design reconstructed")
-    summary = "train from scratch with CE + β·K-FAC spectral radius, prune neurons on a cubic schedule, remove them"
-    Params = KFACParams
-    needs_trained = False
-    needs_data = True
-    needs_training = True
-
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
-        train, recipe = self.training_inputs(data)
-        model, remove, info = train_and_prune(model, train, data.test, recipe, sparsity, self.params,
-                                              progress=data.progress, device=data.device)
-        info.pop("train_history")
-        return PruningResult(remove=remove, model=model, train_after=0, info=info)
+    ``hooks`` run after the method's own hook (observers: they see each epoch's masks already updated)."""
+    method = KFACPruning(**params.model_dump())
+    data = PruneData(train=train_data, test=test_data, recipe=recipe, progress=progress,
+                     device=device if device is not None else torch.device("cpu"))
+    result = method.train(model, sparsity, data, hooks=hooks)
+    return model, result.remove, result.info

@@ -11,11 +11,12 @@ from torch import nn
 from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
 
 
 class MagnitudeParams(MethodParams):
     scope: Literal["global", "layer"] = "global"
+    """Rank all weights together (``global``) or remove the same fraction of every layer (``layer``)."""
 
 
 @register
@@ -26,7 +27,6 @@ class Magnitude(PruningMethod):
     summary = "remove the smallest-|w| weights, globally or per layer"
     Params = MagnitudeParams
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
+    def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         scores = importance.magnitude(prunable_weights(model))
         return PruningResult(masks=importance.keep_top(scores, sparsity, self.params.scope))

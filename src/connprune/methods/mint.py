@@ -1,15 +1,15 @@
 """MINT: Mutual Information-based Neuron Trimming (Ganesh, Corso & Yasaei Sekeh, arXiv 2003.08472, ICPR 2020).
 
-Follows ``shared/specs/mint.md`` (§2 definitions, §3 algorithm). For every layer pair (parent l, child l+1) the
-filters of both layers are split into contiguous equal groups, and each (child group c, parent group p) connection
-gets the score ``ρ^l_{c,p} = I(A_c^{l+1}; A_p^l | A_{−p}^l)``, the conditional MI between the child group's and the
-parent group's activations given all other parent filters (mint.md §2). Connections of lowest score are removed by
-zeroing the kernel slices ``W^{l+1}[j, i, :, :]`` of every child filter j in c and parent filter i in p (a Linear
-child after a flatten: the ``H·W`` input block of parent channel i). Thresholds are global over all layers with a
-per-layer upper limit ``u_l`` on the pruned fraction of cells (mint.md §2 "Thresholds"). Filters left with no
-outgoing (or no incoming) connection are removed physically by :func:`connprune.surgery.apply`'s shrink (the
-dead-unit rule of :mod:`connprune.surgery.shrink`), so the saved model is smaller; residual-stream channels go only
-when every consumer of the stream agrees (mint.md §3, dependency-group rule).
+Follows docs/methods/mint.md (§2 definitions, §3 algorithm). For every layer pair (parent l, child l+1) the filters of
+both layers are split into contiguous equal groups, and each (child group c, parent group p) connection gets the score
+``ρ^l_{c,p} = I(A_c^{l+1}; A_p^l | A_{−p}^l)``, the conditional MI between the child group's and the parent group's
+activations given all other parent filters (docs/methods/mint.md §2). Connections of lowest score are removed by zeroing
+the kernel slices ``W^{l+1}[j, i, :, :]`` of every child filter j in c and parent filter i in p (a Linear child after a
+flatten: the ``H·W`` input block of parent channel i). Thresholds are global over all layers with a per-layer upper
+limit ``u_l`` on the pruned fraction of cells (docs/methods/mint.md §2 "Thresholds"). Filters left with no outgoing (or
+no incoming) connection are removed physically by :func:`connprune.surgery.apply`'s shrink (the dead-unit rule of
+:mod:`connprune.surgery.shrink`), so the saved model is smaller; residual-stream channels go only when every consumer of
+the stream agrees (docs/methods/mint.md §3, dependency-group rule).
 
 connprune's choices (each *reconstructed: not confirmed from the paper*, documented options):
 
@@ -17,7 +17,7 @@ connprune's choices (each *reconstructed: not confirmed from the paper*, documen
   The parent activations are measured at the child's input (forward pre-hook, spatially averaged), i.e. the values
   the connection ``W[j, i]`` really carries: for a residual-stream child that is the sum of all coupled producers
   after the add, for a flattened conv the mean of its ``H·W`` block. The reference measures the parent conv's
-  output before BN/ReLU instead (mint.md §2), which is ill-defined for a child with several producers.
+  output before BN/ReLU instead (docs/methods/mint.md §2), which is ill-defined for a child with several producers.
   Child activations are the child module's output (spatial mean), as in the reference.
 - **First layer** (``prune_input_layer``): the network input can be treated as the parent of the first layer, so
   an MLP's first (and largest) weight matrix can be pruned, pixels being its parent units. ``"auto"`` (default)
@@ -31,23 +31,19 @@ connprune's choices (each *reconstructed: not confirmed from the paper*, documen
   amount (``relax_limits``; recorded in ``info["limits_relaxed_by"]``) or a UserError says so.
 - **π** (``sparsity="auto"``): MINT's own rule, ``δ = U[round(π·|U|)]`` over the pooled unique scores, each layer
   switching to its local limit when δ would prune more than ``u_l`` (here: its ``round(u_l·cells)`` lowest cells).
-  ``prune_level`` fixes π; ``pi_grid`` sweeps it (mint.md §3 step 8): each π is fine-tuned ``sweep_epochs`` on a
-  held-out split of the training data and the most compressed one within ``max_accuracy_drop`` of the dense
-  validation accuracy is kept (a validation pick, not the reference's best-test-epoch pick, mint.md §8).
+  ``prune_level`` fixes π; ``pi_grid`` sweeps it (docs/methods/mint.md §3 step 8): each π is fine-tuned ``sweep_epochs``
+  on a held-out split of the training data and the most compressed one within ``max_accuracy_drop`` of the dense
+  validation accuracy is kept (a validation pick, not the reference's best-test-epoch pick, docs/methods/mint.md §8).
 - **Estimator**: ``"edge"`` (default: the hash-based chain-rule CMI of :func:`~connprune.measure.mutual_information.
   edge_cmi_matrix`, fast) or ``"mst"`` (MINT's reference MST estimator, O(N²) per cell: small networks only).
 - **Groups**: ``groups=G`` gives each layer the largest divisor of its width that is ≤ G (``"auto"``: G = 64, so
-  single filters up to 64 and 64 groups for 128–512 filters, the spec's default); ``layer_groups`` sets a layer's
+  single filters up to 64 and 64 groups for 128–512 filters, docs/methods/mint.md §4); ``layer_groups`` sets a layer's
   count exactly (it must divide the width). The classifier is grouped by class.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,18 +57,27 @@ from connprune.graph import ModelGraph, build, is_depthwise
 from connprune.measure import activations as acts
 from connprune.measure.mutual_information import edge_cmi_matrix, mst_cmi_matrix
 from connprune.measure.sparsity import count_prunable
-from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods import level_sweep, register, score_cache
+from connprune.methods.base import (
+    Kind,
+    MethodParams,
+    PruneData,
+    PruningMethod,
+    PruningResult,
+    Sparsity,
+    resolve_example_inputs,
+)
 
 __all__ = ["ChildLayer", "ConnectivityParams", "Mint", "MintParams", "auto_groups", "cell_masks", "group_labels",
-           "plan_children", "select_cells", "score_children"]
+           "plan_children", "score_children", "select_cells"]
 
 AUTO_MAX_GROUPS = 64
 
 
 # ------------------------------------------------------------------------------------------------------------ groups
 def group_labels(channels: int, groups: int) -> torch.Tensor:
-    """Contiguous equal groups by index (mint.md §2 "Groups"): ``repeat(arange(G), C/G)``; UserError if G ∤ C."""
+    """Contiguous equal groups by index (docs/methods/mint.md §2 "Groups"): ``repeat(arange(G), C/G)``; UserError if G
+    ∤ C."""
     if groups < 1 or channels % groups:
         raise UserError(f"{channels} filters cannot be split into {groups} equal groups; choose a group count "
                         f"that divides {channels} (e.g. --param groups=auto)")
@@ -81,7 +86,8 @@ def group_labels(channels: int, groups: int) -> torch.Tensor:
 
 def auto_groups(channels: int, requested: int | Literal["auto"] = "auto") -> int:
     """Group count of a layer with ``channels`` units: the largest divisor of C that is at most the requested count
-    (``"auto"``: 64, so single filters up to 64 units and 64 groups for 128, 256, 512; mint.md §4 defaults)."""
+    (``"auto"``: 64, so single filters up to 64 units and 64 groups for 128, 256, 512; docs/methods/mint.md §4
+    defaults)."""
     limit = AUTO_MAX_GROUPS if requested == "auto" else int(requested)
     if limit < 1:
         raise UserError(f"the number of groups must be >= 1, got {requested}")
@@ -91,7 +97,7 @@ def auto_groups(channels: int, requested: int | Literal["auto"] = "auto") -> int
 # ------------------------------------------------------------------------------------------------------ child layers
 @dataclass
 class ChildLayer:
-    """One conv/linear layer whose incoming connections are scored and masked (a "child" of mint.md §2)."""
+    """One conv/linear layer whose incoming connections are scored and masked (a "child" of docs/methods/mint.md §2)."""
 
     name: str
     parents: tuple[str, ...]
@@ -125,7 +131,7 @@ class ChildLayer:
 def plan_children(model: nn.Module, graph: ModelGraph, *, groups: int | Literal["auto"] = "auto",
                   layer_groups: dict[str, int] | None = None, prune_input_layer: bool | Literal["auto"] = "auto",
                   exclude: list[str] | None = None) -> list[ChildLayer]:
-    """The child layers of ``graph`` in forward order, with their group labels (mint.md §3 steps 2 and 4).
+    """The child layers of ``graph`` in forward order, with their group labels (docs/methods/mint.md §3 steps 2 and 4).
 
     ``layer_groups[name]`` overrides the group count of layer ``name``'s units (as child and as parent); the input
     units of the first layer use ``groups``. Depthwise convs have no cross-channel connections and are skipped.
@@ -162,7 +168,7 @@ def plan_children(model: nn.Module, graph: ModelGraph, *, groups: int | Literal[
             in_units, kernel = module.in_features // block, block
         out_units = module.weight.shape[0]
         parent_name = pairs[0].parent if pairs else None
-        output = name in graph.output_layers  # the classifier: grouped by class (mint.md §3 step 4)
+        output = name in graph.output_layers  # the classifier: grouped by class (docs/methods/mint.md §3 step 4)
         children.append(ChildLayer(
             name=name, parents=tuple(p.parent for p in pairs), in_units=in_units, block=block,
             child_labels=group_labels(out_units, out_units if output else count(name, out_units)),
@@ -177,8 +183,8 @@ def plan_children(model: nn.Module, graph: ModelGraph, *, groups: int | Literal[
 def scoring_activations(model: nn.Module, children: list[ChildLayer], data: ImageData, *, samples_per_class: int,
                         seed: int, device: torch.device, batch_size: int = 256,
                         patch_means: bool = False) -> acts.Activations:
-    """Child outputs and child inputs (= parent activations) on one class-balanced scoring set (mint.md §3.3);
-    with ``patch_means`` also every child's patch means (SNACS's constraints)."""
+    """Child outputs and child inputs (= parent activations) on one class-balanced scoring set (docs/methods/mint.md §3
+    step 3); with ``patch_means`` also every child's patch means (SNACS's constraints)."""
     indices = acts.class_balanced_indices(data.labels, samples_per_class, seed=seed)
     names = [c.name for c in children]
     return acts.collect(model, data, outputs=names, inputs=names, patch_means=names if patch_means else (),
@@ -188,7 +194,7 @@ def scoring_activations(model: nn.Module, children: list[ChildLayer], data: Imag
 
 def score_children(children: list[ChildLayer], activations: acts.Activations, *,
                    estimator: Literal["edge", "mst"] = "edge", seed: int = 0) -> dict[str, torch.Tensor]:
-    """``ρ`` matrix (G_child × G_parent, float64, CPU) of every child layer (mint.md §2 "Score")."""
+    """``ρ`` matrix (G_child × G_parent, float64, CPU) of every child layer (docs/methods/mint.md §2 "Score")."""
     scores = {}
     for child in children:
         x, y = activations.outputs[child.name], activations.inputs[child.name]
@@ -207,72 +213,53 @@ def _cap_cells(limit: float, cells: int) -> int:
     return min(cells, max(0, round(limit * cells)))
 
 
-def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
-                 cell_weights: dict[str, int] | None = None, target_weights: int | None = None,
-                 prune_level: float | None = None,
-                 protected: dict[str, torch.Tensor] | None = None,
-                 keep_connected: bool = False) -> dict[str, torch.Tensor] | None:
-    """Which (child group, parent group) cells to prune (True = prune), per layer.
+def _lowest(scores: torch.Tensor, count: int, allowed: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the ``count`` lowest-scoring allowed cells (ties: lower index)."""
+    flat = scores.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    order = order[allowed.reshape(-1)[order]][:count]
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[order] = True
+    return chosen.reshape(scores.shape)
 
-    Exactly one of:
 
-    - ``prune_level`` π ∈ [0, 1] (mint.md §2 "Thresholds"): ``δ = U[min(round(π·|U|), |U|−1)]`` over the pooled
-      sorted unique scores, cells with ``ρ ≤ δ`` pruned; a layer where that reaches its limit (``≥ u_l`` of its
-      cells) prunes instead its ``round(u_l·cells)`` lowest cells. π = 0 prunes nothing; π = 1 prunes every layer
-      to its limit (SNACS's single-shot mode).
-    - ``target_weights`` with ``cell_weights``: cells in ascending global score order (ties: layer order, then
-      cell index), a layer stopping at ``round(u_l·cells)``, until at least ``target_weights`` weights are pruned.
-      Returns None when the limits cannot reach the target.
+def _eligible(rho: torch.Tensor, protected: torch.Tensor | None, keep_connected: bool) -> torch.Tensor:
+    """Cells that may be pruned: not in a protected child group, not a child group's best cell (keep_connected)."""
+    mask = torch.ones_like(rho, dtype=torch.bool)
+    if protected is not None:
+        mask[protected.to(torch.bool)] = False
+    if keep_connected:
+        mask[torch.arange(rho.shape[0]), rho.argmax(dim=1)] = False
+    return mask
 
-    ``protected[layer]`` (bool, G_child) marks child groups that keep all incoming connections (SNACS). Limits count
-    all cells of a layer, protected ones included. ``keep_connected`` never prunes the highest-scoring cell of a
-    child group, so no child filter loses all of its inputs (connprune's safeguard, not in the papers).
-    """
-    protected = protected or {}
+
+def _by_prune_level(scores: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor], caps: dict[str, int],
+                    prune_level: float) -> dict[str, torch.Tensor]:
+    """MINT's global threshold δ at prune level π, each layer capped at its limit."""
+    if not 0.0 <= prune_level <= 1.0:
+        raise UserError(f"prune level π must be in [0, 1], got {prune_level}")
+    pooled = torch.unique(torch.cat([rho.reshape(-1) for rho in scores.values()]))
+    result = {}
+    for name, rho in scores.items():
+        if prune_level <= 0.0:
+            result[name] = torch.zeros_like(rho, dtype=torch.bool)
+            continue
+        delta = pooled[min(round(prune_level * len(pooled)), len(pooled) - 1)]
+        below = (rho <= delta) & eligible[name]
+        if int(below.sum()) >= caps[name]:
+            below = _lowest(rho, caps[name], eligible[name])
+        result[name] = below
+    return result
+
+
+def _by_target(scores: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor], caps: dict[str, int],
+               cell_weights: dict[str, int], target_weights: int) -> dict[str, torch.Tensor] | None:
+    """Cells in ascending global score order (ties: layer order, then cell index), each layer stopping at its cap,
+    until at least ``target_weights`` weights are pruned; None when the caps cannot reach it."""
     names = list(scores)
-    eligible, caps = {}, {}
-    for name in names:
-        rho = scores[name]
-        mask = torch.ones_like(rho, dtype=torch.bool)
-        if name in protected:
-            mask[protected[name].to(torch.bool)] = False
-        if keep_connected:
-            mask[torch.arange(rho.shape[0]), rho.argmax(dim=1)] = False
-        eligible[name] = mask
-        caps[name] = _cap_cells(limits.get(name, 1.0), rho.numel())
-
-    def lowest(name: str, count: int, allowed: torch.Tensor) -> torch.Tensor:
-        flat = scores[name].reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        order = order[allowed.reshape(-1)[order]][:count]
-        chosen = torch.zeros_like(flat, dtype=torch.bool)
-        chosen[order] = True
-        return chosen.reshape(scores[name].shape)
-
-    if (prune_level is None) == (target_weights is None):
-        raise ValueError("give exactly one of prune_level and target_weights")
-    if prune_level is not None:
-        if not 0.0 <= prune_level <= 1.0:
-            raise UserError(f"prune level π must be in [0, 1], got {prune_level}")
-        pooled = torch.unique(torch.cat([scores[n].reshape(-1) for n in names]))
-        result = {}
-        for name in names:
-            if prune_level <= 0.0:
-                result[name] = torch.zeros_like(scores[name], dtype=torch.bool)
-                continue
-            delta = pooled[min(round(prune_level * len(pooled)), len(pooled) - 1)]
-            below = (scores[name] <= delta) & eligible[name]
-            if int(below.sum()) >= caps[name]:
-                below = lowest(name, caps[name], eligible[name])
-            result[name] = below
-        return result
-    if cell_weights is None:
-        raise ValueError("target_weights needs cell_weights")
-    # global ascending order of every eligible cell that its layer's limit still allows
     flat_scores, flat_weights, owners, positions = [], [], [], []
     for index, name in enumerate(names):
-        allowed = lowest(name, caps[name], eligible[name]).reshape(-1)
-        where = torch.nonzero(allowed).squeeze(1)
+        where = torch.nonzero(_lowest(scores[name], caps[name], eligible[name]).reshape(-1)).squeeze(1)
         flat_scores.append(scores[name].reshape(-1)[where])
         flat_weights.append(torch.full((len(where),), cell_weights[name], dtype=torch.int64))
         owners.append(torch.full((len(where),), index, dtype=torch.int64))
@@ -291,15 +278,47 @@ def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
         take = int(torch.searchsorted(cumulative, torch.tensor(target_weights))) + 1
     result = {name: torch.zeros_like(scores[name], dtype=torch.bool) for name in names}
     for cell in order[:take].tolist():
-        name = names[int(all_owners[cell])]
-        result[name].view(-1)[all_positions[cell]] = True
+        result[names[int(all_owners[cell])]].view(-1)[all_positions[cell]] = True
     return result
+
+
+def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
+                 cell_weights: dict[str, int] | None = None, target_weights: int | None = None,
+                 prune_level: float | None = None,
+                 protected: dict[str, torch.Tensor] | None = None,
+                 keep_connected: bool = False) -> dict[str, torch.Tensor] | None:
+    """Which (child group, parent group) cells to prune (True = prune), per layer.
+
+    Exactly one of:
+
+    - ``prune_level`` π ∈ [0, 1] (docs/methods/mint.md §2 "Thresholds"): ``δ = U[min(round(π·|U|), |U|−1)]`` over
+      the pooled sorted unique scores, cells with ``ρ ≤ δ`` pruned; a layer where that reaches its limit (``≥ u_l``
+      of its cells) prunes instead its ``round(u_l·cells)`` lowest cells. π = 0 prunes nothing; π = 1 prunes every
+      layer to its limit (SNACS's single-shot mode).
+    - ``target_weights`` with ``cell_weights``: cells in ascending global score order (ties: layer order, then
+      cell index), a layer stopping at ``round(u_l·cells)``, until at least ``target_weights`` weights are pruned.
+      Returns None when the limits cannot reach the target.
+
+    ``protected[layer]`` (bool, G_child) marks child groups that keep all incoming connections (SNACS). Limits count
+    all cells of a layer, protected ones included. ``keep_connected`` never prunes the highest-scoring cell of a
+    child group, so no child filter loses all of its inputs (connprune's safeguard, not in the papers).
+    """
+    if (prune_level is None) == (target_weights is None):
+        raise ValueError("give exactly one of prune_level and target_weights")
+    protected = protected or {}
+    eligible = {name: _eligible(rho, protected.get(name), keep_connected) for name, rho in scores.items()}
+    caps = {name: _cap_cells(limits.get(name, 1.0), rho.numel()) for name, rho in scores.items()}
+    if prune_level is not None:
+        return _by_prune_level(scores, eligible, caps, prune_level)
+    if cell_weights is None:
+        raise ValueError("target_weights needs cell_weights")
+    return _by_target(scores, eligible, caps, cell_weights, int(target_weights))
 
 
 def cell_masks(model: nn.Module, children: list[ChildLayer],
                pruned: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep-masks of the child weights (mint.md §2 "Connection mask"): cell (c, p) pruned → ``W[j, i, :, :] = 0``
-    for j ∈ c, i ∈ p (a linear child: its input block of parent unit i)."""
+    """Keep-masks of the child weights (docs/methods/mint.md §2 "Connection mask"): cell (c, p) pruned → ``W[j, i, :,
+    :] = 0`` for j ∈ c, i ∈ p (a linear child: its input block of parent unit i)."""
     masks = {}
     for child in children:
         weight = model.get_submodule(child.name).weight
@@ -382,23 +401,19 @@ class ConnectivityPruning(PruningMethod):
 
     # --- steps -----------------------------------------------------------------------------------------------
     def score(self, model: nn.Module, data: PruneData) -> ScoringState:
-        """Steps 2–5 of mint.md §3: pairs, activations, groups, CMI scores; then :meth:`adapt`."""
+        """Steps 2–5 of docs/methods/mint.md §3: pairs, activations, groups, CMI scores; then :meth:`adapt`."""
         params = self.params
-        if data.train is None:
-            raise UserError(f"{self.name} needs training data to measure activations; pass --data NAME "
-                            "(or prune a checkpoint that records its data set)")
-        config = getattr(model, "connprune_config", {})
-        input_shape = (config["in_channels"], config["input_size"], config["input_size"]) if config else \
-            tuple(data.train.info.input_shape)
+        self._require(data)
+        assert data.train is not None
         seconds: dict[str, float] = {}
-        graph = build(model, input_shape)
+        graph = build(model, resolve_example_inputs(model, data))
         children = plan_children(model, graph, groups=params.groups, layer_groups=params.layer_groups,
                                  prune_input_layer=params.prune_input_layer, exclude=params.exclude)
         unknown = set(params.layer_limits) - set(graph.layers)
         if unknown:
             raise UserError(f"layer_limits names unknown layer(s) {sorted(unknown)}; use conv/linear layer names")
-        key = _scoring_key(model, data.train, self.name, params.model_dump(include=set(_SCORING_FIELDS)))
-        cached = _SCORE_CACHE.get(key)
+        key = score_cache.key(model, data.train, self.name, params.model_dump(include=set(score_cache.FIELDS)))
+        cached = score_cache.get(key)
         if cached is None:
             started = time.perf_counter()
             activations = scoring_activations(model, children, data.train,
@@ -409,9 +424,7 @@ class ConnectivityPruning(PruningMethod):
             started = time.perf_counter()
             scores = score_children(children, activations, estimator=params.estimator, seed=params.seed)
             seconds["cmi"] = time.perf_counter() - started
-            _SCORE_CACHE[key] = (activations, scores, dict(seconds))
-            while len(_SCORE_CACHE) > _SCORE_CACHE_SIZE:
-                _SCORE_CACHE.pop(next(iter(_SCORE_CACHE)))
+            score_cache.put(key, (activations, scores, dict(seconds)))
             cache_info = {"scores_from_cache": False}
         else:
             activations, scores, first = cached
@@ -487,13 +500,12 @@ class ConnectivityPruning(PruningMethod):
             level = params.prune_level if params.prune_level is not None else self.default_prune_level
             masks, info = self.masks_for(model, state, None, level)
             return masks, {**info, "prune_level": level}
-        return sweep_prune_levels(model, data, grid,
+        return level_sweep.sweep_prune_levels(model, data, grid,
                                   lambda level: self.masks_for(model, state, None, level),
                                   epochs=params.sweep_epochs, max_drop=params.max_accuracy_drop,
                                   validation_fraction=params.validation_fraction, seed=params.seed)
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
+    def _prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
         state = self.score(model, data)
         started = time.perf_counter()
         if sparsity == "auto":
@@ -507,83 +519,6 @@ class ConnectivityPruning(PruningMethod):
                 "stage_seconds": dict(state.seconds),
                 **{f"seconds_{stage}": value for stage, value in state.seconds.items()}}
         return PruningResult(masks=masks, info=info)
-
-
-# ------------------------------------------------------------------------------------------------------ score cache
-# Scores depend only on the weights, the scoring data and these settings: pruning one model at several sparsities
-# (``connprune demo``, experiment grids in one process) measures and scores once. Bounded, in-process, no files.
-_SCORING_FIELDS = ("estimator", "groups", "layer_groups", "samples_per_class", "prune_input_layer", "exclude",
-                   "seed", "batch_size")
-_SCORE_CACHE: dict[str, tuple[acts.Activations, dict[str, torch.Tensor], dict[str, float]]] = {}
-_SCORE_CACHE_SIZE = 2
-
-
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """SHA-1 of the tensors' bytes (shapes and dtypes included)."""
-    digest = hashlib.sha1()
-    for tensor in tensors:
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{tuple(value.shape)}{value.dtype}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _scoring_key(model: nn.Module, data: ImageData, method: str, settings: dict[str, Any]) -> str:
-    state = model.state_dict()
-    weights = fingerprint(*[state[k] for k in sorted(state)])
-    return f"{method}|{weights}|{fingerprint(data.images, data.labels)}|{json.dumps(settings, sort_keys=True)}"
-
-
-def clear_score_cache() -> None:
-    """Forget cached scores (tests, benchmarks that time the scoring)."""
-    _SCORE_CACHE.clear()
-
-
-# ------------------------------------------------------------------------------------------------------ π sweep
-def _subset(data: ImageData, indices: torch.Tensor) -> ImageData:
-    return ImageData(images=data.images[indices], labels=data.labels[indices], info=data.info, split=data.split)
-
-
-def sweep_prune_levels(model: nn.Module, data: PruneData, grid: list[float],
-                       masks_at: Callable[[float], tuple[dict[str, torch.Tensor], dict[str, Any]]], *,
-                       epochs: int, max_drop: float, validation_fraction: float,
-                       seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """MINT's π sweep (mint.md §3 step 8) with a validation pick: for each π, mask a copy of ``model``, fine-tune
-    it ``epochs`` epochs on the training data minus a held-out ``validation_fraction`` (masks enforced, the job's
-    fine-tuning recipe), and keep the most compressed π whose validation accuracy is at least the dense model's
-    minus ``max_drop`` (the lowest π if none is). The chosen masks apply to the *original* weights; the job's own
-    fine-tuning follows."""
-    from connprune import surgery
-    from connprune.measure.sparsity import sparsity as sparsity_of
-    from connprune.train import Trainer, default_recipe, evaluate
-
-    if data.train is None:
-        raise UserError("the π sweep needs training data")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data.train), generator=generator)
-    held = max(1, int(len(order) * validation_fraction))
-    validation, training = _subset(data.train, order[:held]), _subset(data.train, order[held:])
-    dense_accuracy = float(evaluate(model, validation, device=data.device)["accuracy"])
-    recipe = data.recipe or default_recipe(data.train.info.name)
-    rows, best = [], None
-    for level in sorted(grid):
-        masks, info = masks_at(level)
-        trial = copy.deepcopy(model)
-        surgery.apply_masks(trial, masks)
-        if epochs > 0:
-            Trainer(trial, training, None, recipe.model_copy(update={"epochs": epochs, "seed": seed}),
-                    hooks=[surgery.MaskEnforcer(masks)], device=data.device, progress=False,
-                    description=f"π={level:.3f}").fit()
-        accuracy = float(evaluate(trial, validation, device=data.device)["accuracy"])
-        reached = float(sparsity_of(model, masks))
-        rows.append({"prune_level": level, "sparsity": reached, "val_accuracy": accuracy})
-        if accuracy >= dense_accuracy - max_drop and (best is None or reached > best[0]):
-            best = (reached, level, masks, info)
-    if best is None:
-        level = min(grid)
-        masks, info = masks_at(level)
-        best = (float(sparsity_of(model, masks)), level, masks, info)
-    return best[2], {**best[3], "prune_level": best[1], "sweep": rows, "dense_val_accuracy": dense_accuracy}
 
 
 @register

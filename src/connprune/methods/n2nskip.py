@@ -9,7 +9,7 @@ network at the same sparsity: ``nnz(sequential) + nnz(skip) = nnz(plain)``, spli
 from scratch with masks fixed (``connprune prune`` trains ``--epochs`` after surgery, :class:`MaskEnforcer` keeping
 both sequential and skip masks).
 
-Budget arithmetic (spec §3 steps 3–5; exact, not ± rounding):
+Budget arithmetic (docs/methods/n2nskip.md §3 steps 3–5; exact, not ± rounding):
 
 1. ``T`` = the plain method's kept count: ``N − round(s·N)`` (global) or ``Σ_l n_l − round(s·n_l)`` (per layer), as
    :func:`connprune.measure.importance.keep_top` keeps it.
@@ -26,9 +26,10 @@ sequential weights only (skips are not prunable weights); ``info`` reports ``non
 ``resskip`` (Eq. 1): the same base pruning at the full budget ``T`` plus dense parameter-free skips at the same sites
 (average-pool + zero-padded channels; sites whose source is wider than the target are left out).
 
-Training recipe of the paper (§4): SGD, momentum 0.9, lr 0.05, ×0.5 every 30 epochs, 300 epochs, batch 128,
-weight decay 5e-4 — :func:`paper_recipe` expresses it as a :class:`~connprune.train.recipes.TrainConfig` (a step
-schedule with milestones every 30/300 of the run); configs pass it as ``train:``.
+Training recipe of the paper (the paper's Section 4; docs/methods/n2nskip.md §4): SGD, momentum 0.9, lr 0.05, ×0.5 every
+30 epochs, 300 epochs, batch 128, weight decay 5e-4 — :func:`paper_recipe` expresses it as a
+:class:`~connprune.train.recipes.TrainConfig` (a step schedule with milestones every 30/300 of the run); configs pass it
+as ``train:``.
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ from connprune.errors import UserError
 from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
 from connprune.methods.snip import Snip
-from connprune.surgery import input_shape_of
 from connprune.surgery import skips as skip_surgery
 from connprune.train.recipes import TrainConfig
 
@@ -57,13 +57,14 @@ PAPER = ("Subramaniam & Sharma, N2NSkip: Learning Highly Sparse Networks using N
 PAPER_RECIPE: dict[str, Any] = {"batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
                                  "weight_decay": 5e-4, "schedule": "step", "gamma": 0.5,
                                  "milestones": [m / 300 for m in range(30, 300, 30)]}
-"""The paper's recipe (§4) as TrainConfig overrides, milestones as fractions of a 300-epoch run (×0.5 at every tenth
-of the run for other lengths)."""
+"""The paper's recipe (the paper's Section 4; docs/methods/n2nskip.md §4) as TrainConfig overrides, milestones as
+fractions of a 300-epoch run (×0.5 at every tenth of the run for other lengths)."""
 
 
 def paper_recipe(epochs: int = 300, **overrides: Any) -> TrainConfig:
-    """The paper's training recipe (§4): SGD 0.05, momentum 0.9, wd 5e-4, batch 128, lr ×0.5 every 30 epochs
-    (for ``epochs`` other than 300 the milestones stay at every 30 epochs, so short runs may have none)."""
+    """The paper's training recipe (the paper's Section 4; docs/methods/n2nskip.md §4): SGD 0.05, momentum 0.9, wd
+    5e-4, batch 128, lr ×0.5 every 30 epochs (for ``epochs`` other than 300 the milestones stay at every 30 epochs, so
+    short runs may have none)."""
     milestones = [m / epochs for m in range(30, epochs, 30)] if epochs > 0 else []
     return TrainConfig(**{**PAPER_RECIPE, "epochs": epochs, "milestones": milestones, **overrides})
 
@@ -145,16 +146,14 @@ class _SkipMethod(PruningMethod):
         return keep_exactly(importance.random_scores(weights, self.params.seed), keep, self._scope())
 
     def _sites(self, model: nn.Module, data: PruneData, kernel_size: int | None) -> list[skip_surgery.SkipSite]:
-        shape = data.train.info.input_shape if data.train is not None else input_shape_of(model)
-        return skip_surgery.plan(model, shape, span=self.params.span, placement=self.params.placement,
+        return skip_surgery.plan(model, data.example_inputs, span=self.params.span, placement=self.params.placement,
                                  kernel_size=kernel_size)
 
-    def _check(self, sparsity: Sparsity, data: PruneData) -> float:
-        sparsity = self.check_sparsity(sparsity)
+    def _require(self, data: PruneData) -> None:
+        """Training data only for SNIP's saliencies (``base=snip``); random pruning needs none."""
         self._scope()  # validates scope against base
-        if self.params.base == "snip" and data.train is None:
-            raise UserError(f"{self.name} with base=snip needs training data for SNIP's saliencies; pass --data")
-        return float(sparsity)
+        if self.params.base == "snip":
+            super()._require(data)
 
 
 @register
@@ -163,8 +162,7 @@ class N2NSkip(_SkipMethod):
     summary = "prune at init (random/SNIP), then spend half the non-zero budget on sparse layer-to-layer skips"
     Params = N2NSkipParams
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self._check(sparsity, data)
+    def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         weights = prunable_weights(model)
         reference = sum(w.numel() for w in weights.values())
         budget = plain_kept(weights, sparsity, self._scope())
@@ -195,8 +193,7 @@ class ResSkip(_SkipMethod):
     summary = "prune at init (random/SNIP) and add dense parameter-free ResNet-style skips at N2NSkip's sites"
     Params = SkipParams
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self._check(sparsity, data)
+    def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         weights = prunable_weights(model)
         budget = plain_kept(weights, sparsity, self._scope())
         sites = self._sites(model, data, None)

@@ -27,12 +27,11 @@ from torch import nn
 
 from connprune.errors import UserError
 from connprune.graph import ChannelGroup, ModelGraph, build
+from connprune.measure.importance import batchnorm_scale
 from connprune.measure.sparsity import count_prunable
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningResult, Sparsity, TrainingMethod
 from connprune.methods.channel_budget import remaining_weights
-from connprune.methods.kfac import following_batchnorm
-from connprune.train.trainer import Trainer
 
 
 class NetworkSlimmingParams(MethodParams):
@@ -44,14 +43,16 @@ class NetworkSlimmingParams(MethodParams):
     budget: Literal["weights", "neurons"] = "weights"
     """What --sparsity measures: the fraction of prunable weights (contract) or of candidate channels."""
     prune_residual: bool = False
+    """Also slim residual-stream channels (every coupled producer's BatchNorm together)."""
     min_channels: int = Field(1, ge=1)
     """Never keep fewer channels than this in a layer."""
 
 
-def slimmable_groups(graph: ModelGraph, batchnorm: dict[str, str], prune_residual: bool) -> list[ChannelGroup]:
+def slimmable_groups(graph: ModelGraph, prune_residual: bool) -> list[ChannelGroup]:
     """Groups whose every producer is followed by a BatchNorm (the γ that Eq. 1 penalises)."""
-    return [g for g in graph.groups if all(p in batchnorm for p in g.producers) and (prune_residual or not g.residual)
-            and not graph.details[g.root].depthwise]
+    return [g for g in graph.groups
+            if all(graph.batchnorm_after(p) is not None for p in g.producers)
+            and (prune_residual or not g.residual) and not graph.depthwise_members(g.root)]
 
 
 def global_removal(graph: ModelGraph, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
@@ -94,54 +95,48 @@ def global_removal(graph: ModelGraph, groups: list[ChannelGroup], scores: dict[s
 
 
 @register
-class NetworkSlimming(PruningMethod):
+class NetworkSlimming(TrainingMethod):
     name = "network-slimming"
     kind = Kind.DURING_TRAINING
     paper = ("Liu, Li, Shen, Huang, Yan & Zhang, Learning Efficient Convolutional Networks through Network "
              "Slimming, ICCV 2017")
     summary = "train with L1 on BatchNorm scales, remove the channels with the smallest |γ| globally, fine-tune"
     Params = NetworkSlimmingParams
-    needs_trained = False
-    needs_data = True
-    needs_training = True
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
-        train, recipe = self.training_inputs(data)
-        input_shape = train.info.input_shape
-        graph = build(model, input_shape)
-        batchnorm = following_batchnorm(model, input_shape)
-        groups = slimmable_groups(graph, batchnorm, self.params.prune_residual)
-        if not groups:
-            raise UserError(f"network-slimming needs BatchNorm after the layers it prunes, and "
-                            f"{getattr(model, 'connprune_arch', type(model).__name__)} has no prunable "
-                            "BN-followed channels; use a model with BatchNorm (vgg*, resnet*, mobilenetv2)")
-        epochs = recipe.epochs
+    def training_epochs(self, epochs: int) -> tuple[int, int]:
         finetune_epochs = round(self.params.finetune * epochs)
         if self.params.finetune > 0 and epochs >= 2:
             finetune_epochs = max(1, finetune_epochs)  # a fine-tune was asked for: at least one epoch
-        sparse_epochs = epochs - finetune_epochs
-        if sparse_epochs < 1:
+        if epochs - finetune_epochs < 1:
             raise UserError(f"{epochs} epoch(s) leave none for sparsity training; use more --epochs or a smaller "
                             "finetune fraction")
-        scales = [model.get_submodule(batchnorm[p]).weight for g in groups for p in g.producers]
-        handles = [gamma.register_hook(lambda grad, gamma=gamma: grad + self.params.l1 * torch.sign(gamma.detach()))
-                   for gamma in scales]
-        try:
-            trainer = Trainer(model, train, data.test, recipe.model_copy(update={"epochs": sparse_epochs}),
-                              progress=data.progress, device=data.device, description="slimming (L1 on γ)")
-            result = trainer.fit()
-        finally:
-            for handle in handles:
-                handle.remove()
-        scores = {g.root: sum(model.get_submodule(batchnorm[p]).weight.detach().abs().cpu() for p in g.producers)
-                  for g in groups}
-        remove = global_removal(graph, groups, scores, sparsity, self.params.budget, self.params.min_channels)
-        candidates = sum(g.channels for g in groups)
+        return epochs - finetune_epochs, finetune_epochs
+
+    def description(self) -> str:
+        return "slimming (L1 on γ)"
+
+    def start(self, model: nn.Module, sparsity: Sparsity, data: PruneData | None = None, **schedule: int) -> None:
+        super().start(model, sparsity, data, **schedule)
+        self.graph = build(model, self.data.example_inputs)
+        self.groups = slimmable_groups(self.graph, self.params.prune_residual)
+        if not self.groups:
+            raise UserError(f"network-slimming needs BatchNorm after the layers it prunes, and "
+                            f"{type(model).__name__} has no prunable BN-followed channels; use a model with "
+                            "BatchNorm (vgg*, resnet*, mobilenetv2)")
+        self.scales = [model.get_submodule(self.graph.batchnorm_after(p)).weight
+                       for g in self.groups for p in g.producers]
+
+    def penalty(self, model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``λ Σ_γ |γ|`` (Eq. 1): its gradient is the paper's sub-gradient ``λ·sign(γ)``."""
+        return self.params.l1 * sum(gamma.abs().sum() for gamma in self.scales)
+
+    def finalize(self, model: nn.Module) -> PruningResult:
+        scores = {g.root: batchnorm_scale(g, self.graph) for g in self.groups}
+        remove = global_removal(self.graph, self.groups, scores, self.sparsity, self.params.budget,
+                                self.params.min_channels)
+        candidates = sum(g.channels for g in self.groups)
         removed = sum(len(v) for v in remove.values())
         info = {"neuron_sparsity": removed / candidates, "neurons_before": candidates,
-                "neurons_after": candidates - removed, "sparse_train_epochs": sparse_epochs,
-                "sparse_train_seconds": result.seconds,
+                "neurons_after": candidates - removed, "sparse_train_epochs": self.epochs,
                 "gamma_below_1e-2": float(torch.cat(list(scores.values())).lt(1e-2).float().mean())}
-        return PruningResult(remove={k: sorted(v) for k, v in remove.items()}, model=model,
-                             train_after=finetune_epochs, info=info)
+        return PruningResult(remove={k: sorted(v) for k, v in remove.items()}, info=info)

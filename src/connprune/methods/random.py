@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 
 from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, PruneData, PruningMethod, PruningResult
 from connprune.methods.channel_budget import ChannelBudgetParams, structured_removal
 
 
 class RandomParams(ChannelBudgetParams):
     scope: Literal["global", "layer"] = "layer"
+    """Unstructured: draw the same fraction in every layer (``layer``) or over all weights (``global``)."""
     structured: bool = False
     """Remove whole channels/neurons at random instead of single weights."""
 
@@ -29,11 +29,9 @@ class Random(PruningMethod):
     summary = "random weights per layer/globally, or random channels (structured=true)"
     Params = RandomParams
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
+    def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         if self.params.structured:
-            generator = torch.Generator().manual_seed(self.params.seed)
             return structured_removal(model, sparsity, data, self.params,
-                                      lambda group, graph: torch.rand(group.channels, generator=generator))
+                                      importance.random_channels(self.params.seed))
         scores = importance.random_scores(prunable_weights(model), self.params.seed)
         return PruningResult(masks=importance.keep_top(scores, sparsity, self.params.scope))

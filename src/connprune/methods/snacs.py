@@ -1,34 +1,35 @@
 """SNACS: Slimming Neural networks using Adaptive Connectivity Scores (Ganesh, Blanchard, Corso & Yasaei Sekeh,
 arXiv 2006.12463).
 
-Follows ``shared/specs/snacs.md``. SNACS keeps MINT's connection scores (:mod:`connprune.methods.mint`) and adds
+Follows docs/methods/snacs.md. SNACS keeps MINT's connection scores (:mod:`connprune.methods.mint`) and adds
 three things, all computed once, before any training (single shot):
 
-1. **Adaptive CMI** (snacs.md §2 "Weight scaling φ", "ACMI"): ``ρ̃_{c,p} = φ(w̄_{c,p}) · Î(A_c; A_p | A_{−p})`` with
-   the fast hash-based (EDGE) CMI and ``w̄_{c,p}`` the mean min–max-normalised weight of the cell; φ ∈ {1, w̄, w̄²,
-   exp(−w̄²/2)} (``phi = one | weight | weight_sq | exp_weight``). Normalisation over all conv/linear weights: of
-   ``|w|`` (``weight_norm="magnitude"``, connprune's default) or of signed w (``"signed"``, the reference code's,
-   which favours positive weights; snacs.md §8).
-2. **Per-layer upper limits from operating constraints** (snacs.md §2, reference ``gamma_sensitivity5.py``): for
-   every child layer and every level q of a grid Q, prune only that layer at q (quantile of its unique ACMI values,
-   no protection), recompute the child's spatially averaged activations on the scoring set (exactly, from patch
-   means: :func:`connprune.measure.activations.masked_mean_output` — one matrix product per q instead of a forward
-   pass), clip at 0, and score an RBF ``sklearn.svm.SVC(tol=1e-5, random_state=0)`` trained on the unpruned
-   activations against the labels: ``acc_l(q)`` (on a seeded subset of ``constraint_samples`` scoring samples,
-   default 1,000, to bound the SVM's quadratic cost; the reference uses all). Then
-   ``u_l = max{q : acc_l(q) ≥ max acc − 0.7·(max acc − min acc)}``. Curves are cached per (layer weights, scores, samples, grid), in memory and optionally as JSON files in
-   ``cache_dir``. Layers are independent (the paper's "jointly" is not specified; snacs.md §8).
-3. **Protection of critical filters** (snacs.md §2 "Sensitivity", reference ``retrain_stage3_sens.py``): with V the
-   kernel-averaged normalised weights of the grandchild layer(s), ``imp[k, j] = V̂[k, j] / Σ_j' V̂[k, j']`` and
-   ``s_c = mean_k Σ_{j∈c} imp[k, j]``; the ``round(κ·G)`` child groups of highest s keep every incoming connection
+1. **Adaptive CMI** (docs/methods/snacs.md §2 "Weight scaling φ", "ACMI"): ``ρ̃_{c,p} = φ(w̄_{c,p}) · Î(A_c; A_p |
+   A_{−p})`` with the fast hash-based (EDGE) CMI and ``w̄_{c,p}`` the mean min–max-normalised weight of the cell; φ ∈
+   {1, w̄, w̄², exp(−w̄²/2)} (``phi = one | weight | weight_sq | exp_weight``). Normalisation over all conv/linear
+   weights: of ``|w|`` (``weight_norm="magnitude"``, connprune's default) or of signed w (``"signed"``, the reference
+   code's, which favours positive weights; docs/methods/snacs.md §8).
+2. **Per-layer upper limits from operating constraints** (docs/methods/snacs.md §2, reference
+   ``gamma_sensitivity5.py``): for every child layer and every level q of a grid Q, prune only that layer at q (quantile
+   of its unique ACMI values, no protection), recompute the child's spatially averaged activations on the scoring set
+   (exactly, from patch means: :func:`connprune.measure.activations.masked_mean_output` — one matrix product per q
+   instead of a forward pass), clip at 0, and score an RBF ``sklearn.svm.SVC(tol=1e-5, random_state=0)`` trained on the
+   unpruned activations against the labels: ``acc_l(q)`` (on a seeded subset of ``constraint_samples`` scoring samples,
+   default 1,000, to bound the SVM's quadratic cost; the reference uses all). Then ``u_l = max{q : acc_l(q) ≥ max acc −
+   0.7·(max acc − min acc)}``. Curves are cached per (layer weights, scores, samples, grid), in memory and optionally as
+   JSON files in ``cache_dir``. Layers are independent (the paper's "jointly" is not specified; docs/methods/snacs.md
+   §8).
+3. **Protection of critical filters** (docs/methods/snacs.md §2 "Sensitivity", reference ``retrain_stage3_sens.py``):
+   with V the kernel-averaged normalised weights of the grandchild layer(s), ``imp[k, j] = V̂[k, j] / Σ_j' V̂[k, j']``
+   and ``s_c = mean_k Σ_{j∈c} imp[k, j]``; the ``round(κ·G)`` child groups of highest s keep every incoming connection
    (``protect_order="lowest"`` reproduces the reference script's ascending sort). The model's output layer has no
    grandchild (s = 1 for all groups) and gets no protection.
 
-Masks (snacs.md §3 step 7): ``mode="single_shot"`` (default; *reconstructed*) prunes every layer to its limit u_l
-(MINT's rule with π = 1); ``mode="sweep"`` is the reference's π grid with fine-tuning and a validation pick
-(:func:`connprune.methods.mint.sweep_prune_levels`). A numeric ``sparsity`` uses the limits as caps on a global
-ACMI order (as MINT). ``result.info`` carries the wall time of each stage — ``seconds_activations``,
-``seconds_cmi``, ``seconds_constraints``, ``seconds_sensitivity``, ``seconds_masks`` — and the chosen limits.
+Masks (docs/methods/snacs.md §3 step 7): ``mode="single_shot"`` (default; *reconstructed*) prunes every layer to its
+limit u_l (MINT's rule with π = 1); ``mode="sweep"`` is the reference's π grid with fine-tuning and a validation pick
+(:func:`connprune.methods.level_sweep.sweep_prune_levels`). A numeric ``sparsity`` uses the limits as caps on a global
+ACMI order (as MINT). ``result.info`` carries the wall time of each stage — ``seconds_activations``, ``seconds_cmi``,
+``seconds_constraints``, ``seconds_sensitivity``, ``seconds_masks`` — and the chosen limits.
 """
 
 from __future__ import annotations
@@ -44,26 +45,27 @@ from pydantic import Field
 from torch import nn
 
 from connprune.errors import UserError
+from connprune.graph import is_grouped
 from connprune.measure.activations import masked_mean_output
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import PruneData
-from connprune.methods.mint import (ChildLayer, ConnectivityParams, ConnectivityPruning, ScoringState, fingerprint,
-                                    select_cells)
+from connprune.methods.mint import ChildLayer, ConnectivityParams, ConnectivityPruning, ScoringState, select_cells
+from connprune.methods.score_cache import fingerprint
 from connprune.utils.io import write_json
 
 __all__ = ["Snacs", "SnacsParams", "cell_weight_means", "constraint_curve", "limit_from_curve", "normalised_weights",
            "phi_values", "protected_groups", "sensitivity"]
 
 Phi = Literal["one", "weight", "weight_sq", "exp_weight"]
-DEFAULT_GRID = [q / 100 for q in range(1, 97, 5)]  # 1, 6, …, 96 % (snacs.md §4)
+DEFAULT_GRID = [q / 100 for q in range(1, 97, 5)]  # 1, 6, …, 96 % (docs/methods/snacs.md §4)
 
 
 # -------------------------------------------------------------------------------------------------- weight scaling
 def normalised_weights(model: nn.Module, norm: Literal["magnitude", "signed"] = "magnitude"
                        ) -> dict[str, torch.Tensor]:
-    """``ŵ = (w − w_min)/(w_max − w_min)`` per prunable weight tensor, min and max over all of them (snacs.md §2
-    φ step 1); ``magnitude`` normalises ``|w|``."""
+    """``ŵ = (w − w_min)/(w_max − w_min)`` per prunable weight tensor, min and max over all of them
+    (docs/methods/snacs.md §2 φ step 1); ``magnitude`` normalises ``|w|``."""
     weights = {name: w.detach().float().cpu() for name, w in prunable_weights(model).items()}
     if norm == "magnitude":
         weights = {name: w.abs() for name, w in weights.items()}
@@ -89,14 +91,14 @@ def _group_mean(matrix: torch.Tensor, labels: torch.Tensor, dim: int) -> torch.T
 
 
 def cell_weight_means(normalised: torch.Tensor, child: ChildLayer) -> torch.Tensor:
-    """``w̄_{c,p}`` (G_child × G_parent): the mean of ŵ over all weights of cell (c, p) (snacs.md §2 φ steps 2–3,
-    averaging over every child filter of the group, not the reference's group-number indexing)."""
+    """``w̄_{c,p}`` (G_child × G_parent): the mean of ŵ over all weights of cell (c, p) (docs/methods/snacs.md §2 φ
+    steps 2–3, averaging over every child filter of the group, not the reference's group-number indexing)."""
     units = _unit_connection_means(normalised, child.block).double()
     return _group_mean(_group_mean(units, child.child_labels, 0), child.parent_labels, 1)
 
 
 def phi_values(mean_weights: torch.Tensor, phi: Phi) -> torch.Tensor:
-    """φ(w̄) (snacs.md §2 φ step 4): ``one`` → 1, ``weight`` → w̄, ``weight_sq`` → w̄², ``exp_weight`` →
+    """φ(w̄) (docs/methods/snacs.md §2 φ step 4): ``one`` → 1, ``weight`` → w̄, ``weight_sq`` → w̄², ``exp_weight`` →
     exp(−w̄²/2)."""
     if phi == "one":
         return torch.ones_like(mean_weights)
@@ -111,9 +113,9 @@ def phi_values(mean_weights: torch.Tensor, phi: Phi) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------- sensitivity
 def sensitivity(grandchild_weights: list[tuple[torch.Tensor, int]], child: ChildLayer) -> torch.Tensor:
-    """``s_c`` per child group (snacs.md §2 "Sensitivity"): ``imp[k, j] = V̂[k, j] / Σ_j' V̂[k, j']`` over the rows
-    k of every grandchild (normalised weights, kernel/block-averaged to one value per child unit j), and
-    ``s_c = mean_k Σ_{j∈c} imp[k, j]``. Sums to 1 over the groups. Without grandchildren: all ones."""
+    """``s_c`` per child group (docs/methods/snacs.md §2 "Sensitivity"): ``imp[k, j] = V̂[k, j] / Σ_j' V̂[k, j']`` over
+    the rows k of every grandchild (normalised weights, kernel/block-averaged to one value per child unit j), and ``s_c
+    = mean_k Σ_{j∈c} imp[k, j]``. Sums to 1 over the groups. Without grandchildren: all ones."""
     groups = int(child.child_labels.max()) + 1
     if not grandchild_weights:
         return torch.ones(groups, dtype=torch.float64)
@@ -138,7 +140,7 @@ def protected_groups(scores: torch.Tensor, fraction: float, order: Literal["high
 
 # ------------------------------------------------------------------------------------------ operating constraints
 def limit_from_curve(levels: list[float], accuracies: list[float], factor: float = 0.7) -> float:
-    """``u = max{q : acc(q) ≥ max acc − factor·(max acc − min acc)}`` (snacs.md §2, reference
+    """``u = max{q : acc(q) ≥ max acc − factor·(max acc − min acc)}`` (docs/methods/snacs.md §2, reference
     ``gamma_sensitivity5.py``)."""
     acc = np.asarray(accuracies, dtype=np.float64)
     threshold = acc.max() - factor * (acc.max() - acc.min())
@@ -147,9 +149,9 @@ def limit_from_curve(levels: list[float], accuracies: list[float], factor: float
 
 def constraint_curve(module: nn.Module, child: ChildLayer, acmi: torch.Tensor, patch_means: torch.Tensor,
                      labels: torch.Tensor, levels: list[float]) -> list[float]:
-    """``acc_l(q)`` for every level q (snacs.md §2 steps 1–2): the layer alone pruned at q over its unique ACMI
-    values, child activations recomputed exactly from ``patch_means`` and clipped at 0, scored by an RBF SVC fitted
-    on the unpruned (clipped) activations."""
+    """``acc_l(q)`` for every level q (docs/methods/snacs.md §2 steps 1–2): the layer alone pruned at q over its unique
+    ACMI values, child activations recomputed exactly from ``patch_means`` and clipped at 0, scored by an RBF SVC
+    fitted on the unpruned (clipped) activations."""
     from sklearn.svm import SVC
 
     features = masked_mean_output(patch_means.double(), module, module.weight.detach().double()).clamp(min=0)
@@ -232,8 +234,7 @@ class Snacs(ConnectivityPruning):
         protected = {}
         for child in state.children:
             grandchildren = [(normalised[f"{name}.weight"], block) for name, block in consumers.get(child.name, [])
-                             if f"{name}.weight" in normalised
-                             and not _is_depthwise_weight(model.get_submodule(name))]
+                             if f"{name}.weight" in normalised and not is_grouped(model.get_submodule(name))]
             if not grandchildren or params.protect_fraction == 0:
                 continue
             protected[child.name] = protected_groups(sensitivity(grandchildren, child), params.protect_fraction,
@@ -275,7 +276,3 @@ class Snacs(ConnectivityPruning):
             return masks, {**info, "mode": "single_shot"}
         masks, info = super().auto_masks(model, state, data)
         return masks, {**info, "mode": "sweep"}
-
-
-def _is_depthwise_weight(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1

@@ -13,11 +13,10 @@ from pydantic import Field
 from torch import nn
 
 from connprune.data.pipeline import Batches
-from connprune.errors import UserError
 from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
 
 
 class SnipParams(MethodParams):
@@ -37,10 +36,7 @@ class Snip(PruningMethod):
     needs_trained = False
     needs_data = True
 
-    def prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
-        sparsity = self.check_sparsity(sparsity)
-        if data.train is None:
-            raise UserError("snip needs training data to compute connection sensitivities; pass --data NAME")
+    def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         weights = prunable_weights(model)
         grads = {name: torch.zeros_like(w) for name, w in weights.items()}
         was_training = model.training

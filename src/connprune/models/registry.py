@@ -177,6 +177,26 @@ def create(name: str, **config: Any) -> nn.Module:
     return model
 
 
+def is_zoo_model(model: nn.Module) -> bool:
+    """Whether ``model`` was built by :func:`create` (it records its name and config)."""
+    return isinstance(getattr(model, "connprune_config", None), dict) and hasattr(model, "connprune_arch")
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` a zoo model was built for, from its recorded config (UserError for other models)."""
+    config = getattr(model, "connprune_config", None)
+    if not is_zoo_model(model) or "in_channels" not in config or "input_size" not in config:
+        raise UserError(f"{type(model).__name__} was not built by connprune.models.create, so its input shape is "
+                        "unknown; pass example inputs, e.g. example_inputs=torch.randn(1, 3, 32, 32)")
+    return (config["in_channels"], config["input_size"], config["input_size"])
+
+
+def example_inputs(model: nn.Module, given: Any = None) -> Any:
+    """``given`` if not None, else the input shape a zoo model was built for (what :mod:`connprune.graph.inputs`
+    turns into a seeded batch of one); UserError for a model from outside the zoo without ``given``."""
+    return given if given is not None else input_shape(model)
+
+
 # ------------------------------------------------------------------------------------------------------------ init
 
 

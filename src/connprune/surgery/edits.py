@@ -1,11 +1,12 @@
 """Structural edits: changes to a model's module structure (merging layers, adding skip branches) that a checkpoint
 must replay to rebuild the model.
 
-Each edit is a JSON-serialisable dict ``{"op": NAME, ...}``. The module that implements an operation registers it
-with :func:`register`; :func:`perform` runs it on a model and appends the dict to ``model.connprune_edits``, which
-:func:`connprune.checkpoint.save` writes to ``model.json`` and :func:`connprune.checkpoint.load` replays (in order,
-before the recorded layer widths are applied) through :func:`replay`. Nothing from the file is executed: an edit
-names a registered operation and its plain-data arguments.
+Each edit is a JSON-serialisable dict ``{"op": NAME, ...}``. :func:`perform` runs it on a model and appends the dict
+to ``model.connprune_edits``, which :func:`connprune.checkpoint.save` writes to ``model.json`` and
+:func:`connprune.checkpoint.load` replays (in order, before the recorded layer widths are applied) through
+:func:`replay`. Nothing from the file is executed: an edit names one of a fixed allow-list of operations
+(:data:`OPERATIONS`: ``merge`` — :func:`connprune.surgery.merge.merge_edit`; ``skip`` —
+:func:`connprune.surgery.skips.add_skip`) with plain-data arguments.
 
 >>> masks = edits.perform(model, {"op": "merge", "layers": ["features.0", "features.2"]}, masks)   # doctest: +SKIP
 """
@@ -25,34 +26,27 @@ Edit = Callable[[nn.Module, Mapping[str, Any], Masks], Masks]
 """``(model, spec, masks) -> masks``: changes ``model`` in place and returns the masks updated for the new structure
 (masks of removed parameters dropped, masks of added parameters included)."""
 
-_OPERATIONS: dict[str, Edit] = {}
+OPERATIONS = ("merge", "skip")
+"""The only edits a ``model.json`` may name."""
 
 
-def register(op: str) -> Callable[[Edit], Edit]:
-    """Decorator registering the implementation of edit ``op``."""
+def _operation(op: Any) -> Edit:
+    """The implementation of allow-listed edit ``op`` (imported here: those modules use this one)."""
+    if op == "merge":
+        from connprune.surgery.merge import merge_edit
 
-    def decorate(fn: Edit) -> Edit:
-        _OPERATIONS[op] = fn
-        return fn
+        return merge_edit
+    if op == "skip":
+        from connprune.surgery.skips import add_skip
 
-    return decorate
-
-
-def _load_builtin() -> None:
-    # The modules implementing edits register them on import.
-    from connprune.surgery import merge, skips  # noqa: F401
+        return add_skip
+    raise UserError(f"unknown structural edit {op!r}; known edits: {', '.join(OPERATIONS)}")
 
 
 def perform(model: nn.Module, spec: Mapping[str, Any], masks: Masks | None = None) -> Masks:
     """Run edit ``spec`` on ``model`` (in place), record it on the model and return the updated masks."""
-    _load_builtin()
-    op = spec.get("op")
-    if op not in _OPERATIONS:
-        raise UserError(f"unknown structural edit {op!r}; known edits: {', '.join(sorted(_OPERATIONS))}")
-    masks = _OPERATIONS[op](model, spec, dict(masks or {}))
-    recorded = list(getattr(model, "connprune_edits", []))
-    recorded.append(dict(spec))
-    model.connprune_edits = recorded
+    masks = _operation(spec.get("op"))(model, spec, dict(masks or {}))
+    model.connprune_edits = [*recorded(model), dict(spec)]
     return masks
 
 
@@ -68,4 +62,4 @@ def recorded(model: nn.Module) -> list[dict[str, Any]]:
     return list(getattr(model, "connprune_edits", []))
 
 
-__all__ = ["Edit", "perform", "recorded", "register", "replay"]
+__all__ = ["OPERATIONS", "Edit", "perform", "recorded", "replay"]

@@ -1,9 +1,10 @@
 """Exact merging of inactive ReLU layers into their successors (layer sparsity: Hebiri & Lederer, "Layer Sparsity
-in Neural Networks", arXiv 2006.15604, 2020; the merge identity below is the one in our spec
-``layer_sparsity.md`` §2, reconstructed: the paper's full text was not available).
+in Neural Networks", arXiv 2006.15604, 2020; the merge identity below is the one in
+docs/methods/layer-sparsity.md §2, reconstructed: the paper's full text was not available).
 
 If a hidden layer ``j``'s weights and bias are non-negative and its input is non-negative (a ReLU output), its
-pre-activation is non-negative, the ReLU after it is the identity and (spec §2, "merge identity")::
+pre-activation is non-negative, the ReLU after it is the identity and (docs/methods/layer-sparsity.md §2, "merge
+identity")::
 
     W^{j+1} σ(W^j h + b^j) + b^{j+1} = (W^{j+1} W^j) h + (W^{j+1} b^j + b^{j+1})
 
@@ -24,7 +25,7 @@ BatchNorm (eval mode, running statistics) after a merged-away layer is folded in
 the *last* layer of a run stays where it is. Pooling, dropout, flatten, functional activations, residual reads of an
 intermediate value (an output used twice) and modules called twice per forward pass are refused.
 
-The edit (registered as ``"merge"`` in :mod:`connprune.surgery.edits`, spec ``{"op": "merge", "layers": [...]}``)
+The edit (``"merge"``, allow-listed in :mod:`connprune.surgery.edits`, spec ``{"op": "merge", "layers": [...]}``)
 replaces the first layer of the run by the merged layer and every later layer of the run, and every module between
 them, by ``nn.Identity``, so module names of the rest of the model do not change and
 :func:`connprune.checkpoint.load` rebuilds the merged architecture by replaying the edit on a fresh model. The edit
@@ -44,7 +45,6 @@ import torch.fx
 from torch import nn
 
 from connprune.errors import UserError
-from connprune.surgery import edits
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -192,7 +192,8 @@ def chain(model: nn.Module) -> list[Link]:
 
 def input_is_nonnegative(model: nn.Module, layer: str) -> bool:
     """Whether ``layer``'s input is a ReLU output (possibly through pooling, flatten, dropout or identities), so
-    non-negative for every network input — the condition under which a non-negative layer is inactive (spec §2)."""
+    non-negative for every network input — the condition under which a non-negative layer is inactive
+    (docs/methods/layer-sparsity.md §2)."""
     graph = _trace(model)
     nodes = _module_nodes(graph).get(layer, [])
     if len(nodes) != 1:
@@ -265,7 +266,7 @@ def fold_batchnorm(layer: nn.Module, batchnorm: nn.Module | None) -> tuple[torch
 
 def compose_linear(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §2 merge identity: ``W' = W2 W1``, ``b' = W2 b1 + b2``."""
+    """docs/methods/layer-sparsity.md §2 merge identity: ``W' = W2 W1``, ``b' = W2 b1 + b2``."""
     return w2 @ w1, w2 @ b1 + b2
 
 
@@ -289,7 +290,7 @@ def compose_conv(w1: torch.Tensor, b1: torch.Tensor, stride1: tuple[int, int], w
 
 def inactive_violations(model: nn.Module, layer: str, batchnorm: str | None = None) -> int:
     """Negative entries of ``layer``'s (BN-folded) weight and bias: 0 means the ReLU after it is the identity on
-    non-negative inputs (spec §2, inactive layer)."""
+    non-negative inputs (docs/methods/layer-sparsity.md §2, inactive layer)."""
     bn = model.get_submodule(batchnorm) if batchnorm else None
     weight, bias = fold_batchnorm(model.get_submodule(layer), bn)
     return int((weight < 0).sum() + (bias < 0).sum())
@@ -352,7 +353,6 @@ def merge_layers(model: nn.Module, layers: list[str], masks: dict[str, torch.Ten
     return {k: v for k, v in (masks or {}).items() if not k.startswith(prefixes)}
 
 
-@edits.register("merge")
 def merge_edit(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``{"op": "merge", "layers": [...]}`` structural edit (replayed by checkpoints; see the module docstring).
 

@@ -53,8 +53,8 @@ import torch
 from torch import nn
 
 from connprune.errors import UserError
-from connprune.graph import ChannelGroup, ModelGraph, build, is_depthwise
-from connprune.graph.dependency import _example_input
+from connprune.graph import ChannelGroup, ExampleInputs, ModelGraph, build, for_model, is_depthwise, probe
+from connprune.surgery.masks import check_masks
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -62,11 +62,10 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 # ------------------------------------------------------------------------------------------------------------ helpers
 
 
-def _graph_for(model: nn.Module, input_shape: Any, graph: ModelGraph | None) -> ModelGraph:
+def _graph_for(model: nn.Module, example_inputs: ExampleInputs, graph: ModelGraph | None) -> ModelGraph:
     """``graph`` if it describes ``model`` as it is now, else a fresh trace."""
-    shape = tuple(int(v) for v in input_shape)
-    if graph is None or graph.model is not model or tuple(graph.input_shape) != shape or graph.is_stale():
-        return build(model, shape)
+    if graph is None or graph.model is not model or graph.is_stale():
+        return build(model, example_inputs)
     return graph
 
 
@@ -165,20 +164,6 @@ def _reindex(masks: Mapping[str, torch.Tensor], record: Mapping[str, Mapping[str
     return result
 
 
-def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    parameters = dict(model.named_parameters())
-    checked = {}
-    for name, mask in masks.items():
-        if name not in parameters:
-            raise UserError(f"mask for {name!r}, which the model does not have; masks are keyed by parameter names "
-                            f"such as {next(iter(parameters))!r}")
-        if tuple(mask.shape) != tuple(parameters[name].shape):
-            raise UserError(f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter "
-                            f"{tuple(parameters[name].shape)}")
-        checked[name] = mask.detach().to(torch.bool)
-    return checked
-
-
 @torch.no_grad()
 def _capture(model: nn.Module, graph: ModelGraph, consumers: set[str],
              masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -200,7 +185,7 @@ def _capture(model: nn.Module, graph: ModelGraph, consumers: set[str],
             saved[name] = parameters[name].detach().clone()
             parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
         model.eval()
-        model(_example_input(model, graph.input_shape, batch=2))
+        model(*probe(for_model(model, graph.example_inputs), batch=2))
     finally:
         for handle in handles:
             handle.remove()
@@ -246,24 +231,15 @@ def _contribution(consumer: nn.Module, inputs: torch.Tensor, indices: list[int],
     return (weight.to(torch.float64).sum(dim=(2, 3)) * constants).sum(dim=1)
 
 
-def _following_batchnorm(graph: ModelGraph, module: nn.Module) -> nn.Module | None:
-    """The BatchNorm that directly and exclusively reads ``module``'s output, if any."""
-    node = graph.dg.module2node.get(module)
-    if node is None or len(node.outputs) != 1:
-        return None
-    follower = node.outputs[0]
-    if isinstance(follower.module, _BATCHNORM) and len(follower.inputs) == 1:
-        return follower.module
-    return None
-
-
 @torch.no_grad()
-def _absorb(graph: ModelGraph, consumer: nn.Module, shift: torch.Tensor) -> None:
-    """Add ``shift`` (per output unit) to ``consumer``'s output: bias, else the following BN, else a new bias."""
+def _absorb(graph: ModelGraph, name: str, shift: torch.Tensor) -> None:
+    """Add ``shift`` (per output unit) to layer ``name``'s output: bias, else the following BN, else a new bias."""
+    consumer = graph.model.get_submodule(name)
     if consumer.bias is not None:
         consumer.bias.add_(shift.to(consumer.bias.dtype))
         return
-    norm = _following_batchnorm(graph, consumer)
+    norm_name = graph.batchnorm_after(name)
+    norm = graph.model.get_submodule(norm_name) if norm_name is not None else None
     if norm is not None:
         if norm.running_mean is not None:
             norm.running_mean.sub_(shift.to(norm.running_mean.dtype))
@@ -311,18 +287,18 @@ def _dead(model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph
 
     def foldable(group: ChannelGroup, channel: int) -> bool:
         if not captured:
-            consumers = {c for g in graph.groups if not g.residual for c in graph.details[g.root].slices}
+            consumers = {c for g in graph.groups if not g.residual for c in graph.consumer_slices(g.root)}
             captured.update(_capture(model, graph, consumers, masks))
         # a consumer whose live weights no longer read the channel takes nothing from it
         return all(_contribution(modules[c], captured[c], per_channel[channel]) is not None
-                   for c, per_channel in graph.details[group.root].slices.items()
+                   for c, per_channel in graph.consumer_slices(group.root).items()
                    if bool(effective[c][:, per_channel[channel]].any()))
 
     def drop(group: ChannelGroup, channel: int) -> None:
         removed[group.root][channel] = True
         for producer in group.producers:
             effective[producer][channel] = False
-        for consumer, per_channel in graph.details[group.root].slices.items():
+        for consumer, per_channel in graph.consumer_slices(group.root).items():
             effective[consumer][:, per_channel[channel]] = False
 
     for kept in (seed, ghost):
@@ -333,7 +309,7 @@ def _dead(model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph
     while changed:  # marking a channel only changes other groups' vectors, so each group is checked at once
         changed = False
         for group in graph.groups:
-            slices = graph.details[group.root].slices
+            slices = graph.consumer_slices(group.root)
             if not slices:
                 continue
             read = torch.zeros(group.channels, dtype=torch.bool)
@@ -363,8 +339,8 @@ def _fold(model: nn.Module, graph: ModelGraph, units: Mapping[str, set[int]], ca
     modules = dict(model.named_modules())
     shifts: dict[str, torch.Tensor] = {}
     for root, channels in units.items():
-        for consumer, per_channel in graph.details[root].slices.items():
-            owner = graph._by_producer.get(consumer)
+        for consumer, per_channel in graph.consumer_slices(root).items():
+            owner = graph.producer_group(consumer)
             dropped = (plan or {}).get(owner.root, set()) if owner is not None else set()
             for channel in sorted(channels):
                 shift = _contribution(modules[consumer], captured[consumer], per_channel[channel], dropped)
@@ -374,23 +350,23 @@ def _fold(model: nn.Module, graph: ModelGraph, units: Mapping[str, set[int]], ca
                                     "value); fold only units listed by dead_units, after applying the masks")
                 shifts[consumer] = shifts[consumer] + shift if consumer in shifts else shift
     for consumer, shift in shifts.items():
-        _absorb(graph, modules[consumer], shift)
+        _absorb(graph, consumer, shift)
 
 
-def dead_units(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Any, *,
+def dead_units(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: ExampleInputs, *,
                graph: ModelGraph | None = None) -> dict[str, list[int]]:
     """Output units that ``masks`` make removable exactly (module docstring: never read, or constant and foldable).
 
     Keys are group roots (a producer name, usable as a ``remove`` key); the model is not modified. A group may be
     listed whole; :func:`shrink` then keeps one of its channels.
     """
-    graph = _graph_for(model, input_shape, graph)
-    masks = _check_masks(model, masks)
+    graph = _graph_for(model, example_inputs, graph)
+    masks = check_masks(model, masks)
     unread, constant = _dead(model, masks, graph, {})
     return {root: sorted(unread[root] | constant[root]) for root in unread if unread[root] | constant[root]}
 
 
-def fold_constant_units(model: nn.Module, units: Mapping[str, Any], input_shape: Any, *,
+def fold_constant_units(model: nn.Module, units: Mapping[str, Any], example_inputs: ExampleInputs, *,
                         graph: ModelGraph | None = None) -> None:
     """Add the constant contribution of ``units`` (producer → output unit indices) to their consumers.
 
@@ -398,19 +374,19 @@ def fold_constant_units(model: nn.Module, units: Mapping[str, Any], input_shape:
     depend on the model's input, and must be foldable (see the module docstring); otherwise UserError. The shift goes
     into the consumer's bias, else into the BatchNorm directly after it, else into a newly created bias.
     """
-    graph = _graph_for(model, input_shape, graph)
+    graph = _graph_for(model, example_inputs, graph)
     plan: dict[str, set[int]] = {}
     for layer, values in units.items():
         group = graph.group_of(layer)
         plan.setdefault(group.root, set()).update(_indices(layer, values, group.channels))
-    consumers = {c for root in plan for c in graph.details[root].slices}
+    consumers = {c for root in plan for c in graph.consumer_slices(root)}
     _fold(model, graph, plan, _capture(model, graph, consumers))
 
 
 # ------------------------------------------------------------------------------------------------------ entry points
 
 
-def remove_units(model: nn.Module, remove: Mapping[str, Any], input_shape: Any, *,
+def remove_units(model: nn.Module, remove: Mapping[str, Any], example_inputs: ExampleInputs, *,
                  graph: ModelGraph | None = None) -> nn.Module:
     """Physically remove output units (in place; returns ``model``). Keys: any producer of a channel group.
 
@@ -418,20 +394,20 @@ def remove_units(model: nn.Module, remove: Mapping[str, Any], input_shape: Any, 
     channel of a group. ``graph``, if given, must describe ``model`` as it is now (it is rebuilt otherwise); after
     the call it is stale.
     """
-    graph = _graph_for(model, input_shape, graph)
+    graph = _graph_for(model, example_inputs, graph)
     _prune(graph, _plan(graph, remove))
     return model
 
 
-def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Any, *,
+def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: ExampleInputs, *,
            remove: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """Multiply ``masks`` in, remove dead units (see module docstring) and ``remove``, fold constants, cut.
 
     Returns the model (modified in place) and the masks re-indexed for the smaller tensors, all-True masks dropped.
     In eval mode the result computes what the masked model computes (``remove``'s units dropped) up to rounding.
     """
-    masks = _check_masks(model, masks)
-    graph = build(model, input_shape)
+    masks = check_masks(model, masks)
+    graph = build(model, example_inputs)
     requested = _plan(graph, remove or {})  # validate everything before touching the model
     parameters = dict(model.named_parameters())
     modules = dict(model.named_modules())
@@ -440,7 +416,7 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Any
             parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
         # what removal computes: the consumers no longer read the removed channels
         for root, channels in requested.items():
-            for consumer, per_channel in graph.details[root].slices.items():
+            for consumer, per_channel in graph.consumer_slices(root).items():
                 columns = sorted(i for channel in channels for i in per_channel[channel])
                 modules[consumer].weight[:, columns] = 0.0
     captured: dict[str, torch.Tensor] = {}  # consumer inputs of the masked model, before any folding

@@ -23,12 +23,13 @@ replayed by :func:`connprune.checkpoint.load`) is::
 
 ``add_to`` names the activation module (a ``nn.ReLU``) whose *input* receives the branch (a forward pre-hook, so
 that in a residual block the branch is summed with the identity shortcut before the block's last ReLU), or ``""``
-when the target is the network's output layer (the branch is added to the model's output). The branch modules live
-in ``model.skips`` (an ``nn.ModuleDict``), so :mod:`connprune.measure.sparsity` leaves them out of the prunable
-weights and :mod:`connprune.measure.heat` adds their edges to the unit graph. Hooks are bound methods of the branch
+when the target is the network's output layer (the branch is added to the model's output). The branch modules are
+:class:`SkipBranch` instances in ``model.skips`` (an ``nn.ModuleDict``); :func:`skip_module_names` finds them by type
+(never by name), so :mod:`connprune.measure.sparsity` leaves them out of the prunable weights and
+:mod:`connprune.measure.heat` adds their edges to the unit graph. Hooks are bound methods of the branch
 modules, so ``copy.deepcopy`` of the model keeps them pointing at the copied branches.
 
-Placement (:func:`plan`; reconstructed where the paper is silent, see ``shared/specs/n2nskip.md`` §3.2):
+Placement (:func:`plan`; reconstructed where the paper is silent, see docs/methods/n2nskip.md §3 step 2):
 
 - ``every`` (the default when the graph has no residual adds: plain conv nets and MLPs): one skip starting at every
   weight layer (overlapping spans of ``span`` = k, default 3, weight layers), so every layer's units can receive
@@ -65,11 +66,10 @@ from torch import nn
 
 from connprune.errors import UserError
 from connprune.graph import build
-from connprune.measure.sparsity import is_skip
 from connprune.surgery import edits
 
 CONTAINER = "skips"
-"""Attribute of the model holding the branches (contains the ``skip`` marker of :mod:`connprune.measure.sparsity`)."""
+"""Attribute of the model holding the branches (an ``nn.ModuleDict`` of :class:`SkipBranch` modules)."""
 
 Placement = Literal["auto", "chain", "every", "blocks"]
 Layout = Literal["uniform", "fan-in"]
@@ -132,8 +132,9 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dic
             out_shapes[name] = tuple(output.shape[1:])
         return hook
 
+    inside = skip_module_names(model)
     for name, module in model.named_modules():
-        if name and not list(module.children()) and not is_skip(name):
+        if name and not list(module.children()) and name not in inside:
             handles.append(module.register_forward_hook(recorder(name)))
     was_training = model.training
     model.eval()
@@ -193,7 +194,7 @@ def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement:
     with detached(model):
         graph = build(model, tuple(input_shape))
         order, in_shapes, out_shapes = _trace(model, input_shape)
-    layers = [name for name in graph.layers if not is_skip(name)]
+    layers = list(graph.layers)  # the branches are detached: only the network's own layers
     residual = any(pair.residual for pair in graph.pairs)
     shorter_allowed = placement == "auto"
     if placement == "auto":
@@ -237,8 +238,9 @@ def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement:
 
 # --- the branches -----------------------------------------------------------------------------------------------
 
-class _Branch(nn.Module):
-    """Common part: remembers ``a^l`` (pre-hook on the source) and adds the branch output at ``add_to``."""
+class SkipBranch(nn.Module):
+    """Base of every skip branch (how connprune tells added branches from the network's own layers). Common part:
+    remembers ``a^l`` (pre-hook on the source) and adds the branch output at ``add_to``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -270,7 +272,7 @@ class _Branch(nn.Module):
         return output + self(self._take())
 
 
-class SparseSkip(_Branch):
+class SparseSkip(SkipBranch):
     """N2NSkip branch ``g(bn(conv_s(a^l)))`` (Eq. 2), max-pooled to the target's size where a chain crosses pools."""
 
     def __init__(self, site_spec: Mapping[str, Any]) -> None:
@@ -295,7 +297,7 @@ class SparseSkip(_Branch):
         return out
 
 
-class ResidualSkip(_Branch):
+class ResidualSkip(SkipBranch):
     """ResSkip branch (Eq. 1): ``a^l`` itself, average-pooled to the target's size and zero-padded in channels."""
 
     def __init__(self, site_spec: Mapping[str, Any]) -> None:
@@ -348,7 +350,6 @@ def connection_mask(site_spec: Mapping[str, Any], weight_shape: Sequence[int]) -
 _REQUIRED = ("name", "kind", "source", "target", "add_to", "in_units", "out_units")
 
 
-@edits.register("skip")
 def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Structural edit ``skip``: add one branch (spec in the module docstring) and hook it into the forward pass.
 
@@ -361,7 +362,7 @@ def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.T
     modules = dict(model.named_modules())
     for role in ("source", "target"):
         layer = modules.get(spec[role])
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or is_skip(spec[role]):
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or spec[role] in skip_module_names(model):
             raise UserError(f"skip {role} {spec[role]!r} is not a conv/linear layer of the model")
     if spec["add_to"] and not isinstance(modules.get(spec["add_to"]), nn.ReLU):
         raise UserError(f"skip add_to {spec['add_to']!r} is not a ReLU module of the model")
@@ -378,7 +379,7 @@ def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.T
         raise UserError(f"the model already has a skip named {name!r}")
     kind = spec["kind"]
     if kind == "n2n":
-        branch: _Branch = SparseSkip(spec)
+        branch: SkipBranch = SparseSkip(spec)
     elif kind == "res":
         branch = ResidualSkip(spec)
     else:
@@ -402,12 +403,12 @@ def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.T
     return masks
 
 
-def branches(model: nn.Module) -> dict[str, _Branch]:
+def branches(model: nn.Module) -> dict[str, SkipBranch]:
     """The model's skip branches by name (empty for a model without skips)."""
     container = getattr(model, CONTAINER, None)
     if not isinstance(container, nn.ModuleDict):
         return {}
-    return {name: branch for name, branch in container.items() if isinstance(branch, _Branch)}
+    return {name: branch for name, branch in container.items() if isinstance(branch, SkipBranch)}
 
 
 @contextlib.contextmanager
@@ -453,10 +454,23 @@ def branch_edges(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = No
     return edges
 
 
-def skip_masks(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The masks of skip weights among ``masks``."""
-    return {name: mask for name, mask in masks.items() if is_skip(name)}
+def skip_module_names(model: nn.Module) -> set[str]:
+    """Names of every module inside a :class:`SkipBranch` (the branches themselves included)."""
+    roots = [name for name, module in model.named_modules() if isinstance(module, SkipBranch)]
+    return {name for name, _ in model.named_modules() if any(name == r or name.startswith(f"{r}.") for r in roots)}
 
 
-__all__ = ["CONTAINER", "ResidualSkip", "SkipSite", "SparseSkip", "add_skip", "branch_edges", "branches",
-           "connection_mask", "detached", "plan", "skip_masks"]
+def skip_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters of every skip branch."""
+    inside = skip_module_names(model)
+    return {name for name, _ in model.named_parameters() if name.rpartition(".")[0] in inside}
+
+
+def skip_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The masks of ``model``'s skip-branch weights among ``masks``."""
+    inside = skip_parameter_names(model)
+    return {name: mask for name, mask in masks.items() if name in inside}
+
+
+__all__ = ["CONTAINER", "ResidualSkip", "SkipBranch", "SkipSite", "SparseSkip", "add_skip", "branch_edges",
+           "branches", "connection_mask", "detached", "plan", "skip_masks", "skip_module_names", "skip_parameter_names"]

@@ -1,9 +1,12 @@
 """One trainer for dense training and for every method's fine-tuning or prune-while-training loop.
 
-Methods plug in through :class:`TrainHook` (after every optimiser step, e.g. to re-apply masks; at epoch ends, e.g.
-to prune). With ``state_dir`` the full training state (weights, optimiser state, data-order generator, RNG, history)
-is saved atomically after every epoch, and ``resume=True`` continues a killed run so that it ends with exactly the
-weights of an uninterrupted run (on the CPU, with the same thread count).
+Methods plug in through :class:`TrainHook`, the trainer's public hooks: an extra loss term added to the cross-entropy (a
+penalty, in the shape of Torch-Pruning's ``regularize``), an action after every optimiser step (a proximal step, a
+schedule) and one at every epoch end (pruning on a schedule). Masks stay enforced by
+:class:`connprune.surgery.MaskEnforcer` attached to :attr:`Trainer.optimizer`. Mixed precision, DDP and the learning
+rate schedule live here, once, whatever the hooks do. With ``state_dir`` the full training state (weights, optimiser
+state, data-order generator, RNG, history) is saved atomically after every epoch, and ``resume=True`` continues a killed
+run so that it ends with exactly the weights of an uninterrupted run (on the CPU, with the same thread count).
 
 Under ``torchrun`` (a process group initialised with :func:`connprune.train.distributed.init_from_env`) the trainer
 runs data-parallel by itself: ``config.batch_size`` is the *global* batch (it must be divisible by the number of
@@ -51,8 +54,14 @@ class TrainHook:
     def on_train_start(self, trainer: Trainer) -> None:
         """Called once before the first step (after a resume too)."""
 
+    def loss_term(self, trainer: Trainer, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """An extra term added to the step's loss before ``backward`` (``None``: nothing). Runs after the forward
+        pass (``outputs`` are the model's outputs on the batch, ``targets`` its labels), outside autocast, at
+        optimiser step :attr:`Trainer.step` (counting from 0)."""
+        return None
+
     def after_step(self, trainer: Trainer) -> None:
-        """Called after every optimiser step."""
+        """Called after every optimiser step (:attr:`Trainer.step` already counts it)."""
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         """Called after each epoch's evaluation; ``epoch`` counts from 1."""
@@ -210,8 +219,13 @@ class Trainer:
                 summed = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing,
                                          reduction="sum")
                 loss = summed * (self.world_size / self.batches.global_size)
+        total = loss
+        for hook in self.hooks:
+            term = hook.loss_term(self, logits, y)
+            if term is not None:
+                total = total + term
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         self.optimizer.step()
         self.step += 1
         for hook in self.hooks:
