@@ -50,8 +50,9 @@ The process runs with ``MALLOC_MMAP_MAX_=0`` and ``MALLOC_TRIM_THRESHOLD_=64 GiB
 the script re-executes itself with them set): by default glibc serves the large activation buffers with ``mmap`` and
 unmaps them on ``free``, so every pass page-faults them in again. ``MALLOC_MMAP_MAX_=0`` alone is not enough: the
 buffers then come from the heap, but glibc trims the heap's free top back to the system after each pass (its trim
-threshold only adapts when mmapped chunks are freed, which no longer happens) — measured on ResNet-50, batch 64: ~750k minor
-faults and 1.3 s per pass by default, ~300k and 1.0–3.7 s with ``MALLOC_MMAP_MAX_=0`` only, 0 and 0.71 s with both.
+threshold only adapts when mmapped chunks are freed, which no longer happens) — measured on ResNet-50, batch 64:
+~750k minor faults and 1.3 s per pass by default, ~300k and 1.0–3.7 s with ``MALLOC_MMAP_MAX_=0`` only, 0 and 0.71 s
+with both.
 On a machine shared with other jobs: before every timed round (and pruning repetition) the run waits, within a
 total budget (``--max-wait``), until other processes leave the CPUs idle (``/proc/stat``); a latency round in which
 some variant still got less than ``--min-cpu-share`` of its threads' CPU time is discarded and measured again. The
