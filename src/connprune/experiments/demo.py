@@ -12,7 +12,8 @@ import torch
 from connprune import data, methods
 from connprune.experiments import report as report_tables
 from connprune.experiments.jobs import build_model, prune_model
-from connprune.experiments.plots import accuracy_vs_sparsity, shift_bars, training_curves
+from connprune.experiments.plots import Drawn, Pair, accuracy_vs_sparsity, pruned_vs_dense, shift_bars, \
+    training_curves
 from connprune.measure import cost
 from connprune.train import Trainer, default_recipe, evaluate, evaluate_shift
 from connprune.utils.io import atomic_path, write_json
@@ -105,16 +106,62 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, epochs: int = 30, progress: 
                                             progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
-    training_curves(histories, out_dir / "training_curves.png")
-    shift_bars({n: {"clean": r["accuracy"], **r["shift_per_corruption"]} for n, r in results["models"].items()},
-               out_dir / "shift_accuracy.png")
-    dense_accuracy = results["models"][PRUNED_MODEL]["accuracy"]
-    accuracy_vs_sparsity({m: [(r["achieved_sparsity"], r["acc_after"]) for r in results["pruning"]
-                              if r["method"] == m and r["model"] == PRUNED_MODEL]
-                          for m in methods.names() if settings(m)[0] == PRUNED_MODEL},
-                         out_dir / "accuracy_vs_sparsity.png", dense=dense_accuracy,
-                         title=f"{PRUNED_MODEL} on digits: every method that prunes it")
+    draw_figures(results, histories, out_dir)
+    return write_report(results, out_dir, epochs=epochs)
+
+
+def _sparsity(value: float | str) -> float | None:
+    return None if value == "auto" else float(value)
+
+
+def shift_pairs(results: dict[str, Any]) -> list[Pair]:
+    """Each pruned model's mean shifted accuracy against that of the dense model it came from (None for a model
+    the demo does not train densely), grouped by target sparsity: the data of ``shift_pruned_vs_dense.png``."""
+    pairs = []
+    for row in results["pruning"]:
+        dense = results["models"].get(row["model"])
+        suffix = "" if row["model"] == PRUNED_MODEL else f" ({row['model']})"
+        pairs.append(Pair(f"{row['method']} @ {row['target_sparsity']}{suffix}", row["shift_acc_after"]["mean"],
+                          dense["shift"]["mean"] if dense else None, f"sparsity {row['target_sparsity']}"))
+    return pairs
+
+
+def draw_figures(results: dict[str, Any], histories: dict[str, list[dict[str, float]]], out_dir: Path) \
+        -> dict[str, Drawn]:
+    """The demo's four figures, by file name: training curves, the dense models per corruption, accuracy vs
+    sparsity of every method pruning LeNet-5, and every pruned model against its dense model under shift."""
+    on_pruned = [m for m in methods.names() if settings(m)[0] == PRUNED_MODEL]
+    curves = {m: [(r["achieved_sparsity"], r["acc_after"]) for r in results["pruning"]
+                  if r["method"] == m and r["model"] == PRUNED_MODEL] for m in on_pruned}
+    drawn = {
+        "training_curves.png": training_curves(histories, out_dir / "training_curves.png"),
+        "shift_accuracy.png": shift_bars({n: {"clean": r["accuracy"], **r["shift_per_corruption"]}
+                                          for n, r in results["models"].items()}, out_dir / "shift_accuracy.png"),
+        "accuracy_vs_sparsity.png": accuracy_vs_sparsity(
+            {m: points for m, points in curves.items() if points}, out_dir / "accuracy_vs_sparsity.png",
+            dense=results["models"][PRUNED_MODEL]["accuracy"],
+            title=f"{PRUNED_MODEL} on digits: every method that prunes it"),
+        "shift_pruned_vs_dense.png": pruned_vs_dense(
+            shift_pairs(results), out_dir / "shift_pruned_vs_dense.png",
+            xlabel="mean accuracy over every corruption and severity (after fine-tuning)",
+            title="pruned (filled) vs dense (hollow) accuracy under shift, per method"),
+    }
+    return drawn
+
+
+def demo_takeaway(results: dict[str, Any]) -> str:
+    """The report's two-sentence takeaway, computed from the LeNet-5 results (see :func:`report.takeaway`)."""
+    dense = results["models"][PRUNED_MODEL]
+    points = [report_tables.Point(r["method"], _sparsity(r["target_sparsity"]), r["acc_after"],
+                                  r["shift_acc_after"]["mean"])
+              for r in results["pruning"] if r["model"] == PRUNED_MODEL]
+    return report_tables.takeaway(PRUNED_MODEL, points, dense["accuracy"], dense["shift"]["mean"])
+
+
+def write_report(results: dict[str, Any], out_dir: Path, *, epochs: int) -> Path:
+    """``report.md``: the takeaway, the dense models, every method's numbers and the figures."""
     report = out_dir / "report.md"
+    seed = results["seed"]
     others = sorted({settings(m)[0] for m in methods.names()} - {PRUNED_MODEL})
     prune_rows = [[r["method"], r["kind"], r["model"], r["target_sparsity"], r["achieved_sparsity"],
                    r["nonzero_weights"], r["params_after"],
@@ -127,8 +174,10 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, epochs: int = 30, progress: 
                   for c in corruption_names]
     text = "\n\n".join([
         "# connprune demo: scikit-learn digits",
-        f"{len(train_data)} training and {len(test_data)} test images (8×8 grey-scale, seeded stratified split, "
-        f"seed {seed}). Shifted accuracy is the mean over {len(corruption_names)} corruptions at severities 1–5.",
+        f"**Takeaway.** {demo_takeaway(results)}",
+        f"{results['train_samples']} training and {results['test_samples']} test images (8×8 grey-scale, seeded "
+        f"stratified split, seed {seed}). Shifted accuracy is the mean over {len(corruption_names)} corruptions at "
+        "severities 1–5.",
         "## Dense models",
         markdown_table(["model", "params", "MACs", "clean accuracy", "shifted accuracy (mean)", "train s"], rows),
         "## Pruning: every method",
@@ -137,9 +186,13 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, epochs: int = 30, progress: 
         f". Methods that prune a trained model fine-tune {FINETUNE_EPOCHS} epochs with the masks enforced; methods "
         f"that prune at initialisation or while training train for {epochs} epochs (and may refit after surgery). "
         f"Dense accuracy: " + ", ".join(f"{n} {results['models'][n]['accuracy']:.4f}" for n in DEMO_MODELS) + ".",
-        markdown_table(["method", "kind", "model", "target", "achieved sparsity", "non-zero weights", "params", "MACs", "acc pruned",
-                        "acc after", "shifted acc", "prune s"], prune_rows),
+        markdown_table(["method", "kind", "model", "target", "achieved sparsity", "non-zero weights", "params", "MACs",
+                        "acc pruned", "acc after", "shifted acc", "prune s"], prune_rows),
         "![accuracy vs sparsity](accuracy_vs_sparsity.png)",
+        "## Pruned vs dense under distribution shift",
+        "Each pruned model's accuracy under shift (mean over every corruption at severities 1–5) beside the dense "
+        "model it was pruned from (models the demo does not train densely have no hollow dot).",
+        "![pruned vs dense under shift](shift_pruned_vs_dense.png)",
         "## Dense accuracy per corruption (mean over severities 1–5)",
         markdown_table(["corruption", *DEMO_MODELS], shift_rows),
         "![training curves](training_curves.png)",

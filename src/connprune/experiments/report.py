@@ -5,9 +5,11 @@ per seed, shown as the mean, and ``mean ± std`` (the sample standard deviation)
 Accuracies and sparsities have 4 decimals, seconds 2, parameters and MACs are integers.
 
 Written: ``FILE.md`` (default ``DIR/report.md``) and its figures in ``<FILE stem>-figures/`` beside it: per model,
-accuracy vs sparsity (with the dense accuracy and the paper's numbers where the config names them), accuracy vs
-MACs, and, when shifts were evaluated, clean vs shifted accuracy (lines) and accuracy per corruption (a heat map);
-prune time per method; training curves of the dense models.
+accuracy vs sparsity (with the dense accuracy and the paper's numbers where the config names them; a logit sparsity
+axis where the points crowd towards 1), accuracy vs MACs, and, when shifts were evaluated, each method's shifted
+accuracy against the dense model's (the headline question), clean vs shifted accuracy (lines) and accuracy per
+corruption (a heat map coloured over the data's range); prune time per method; training curves of the dense models.
+The report opens with a two-sentence takeaway computed from the numbers (:func:`takeaway`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -25,6 +28,9 @@ from connprune.errors import UserError
 from connprune.experiments.config import ExperimentConfig, paper_accuracy
 from connprune.experiments.store import DONE, FAILED, PENDING, RUNNING, Store, default_url
 from connprune.utils.io import atomic_dir, atomic_path, read_json
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from connprune.experiments.plots import Drawn
 
 MISSING = "—"
 
@@ -64,6 +70,81 @@ def per_corruption(shift: dict[str, float]) -> dict[str, float]:
         if key != "mean":
             groups[key.split(":")[0]].append(float(value))
     return {k: statistics.fmean(v) for k, v in groups.items()}
+
+
+# -- the takeaway ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    """One method at one sparsity on one model: accuracy after fine-tuning, clean and mean shifted (means over
+    seeds; ``sparsity`` None for methods that choose it, ``shifted`` None where no shift was evaluated)."""
+
+    method: str
+    sparsity: float | None
+    accuracy: float
+    shifted: float | None
+
+
+def _compared_sparsity(points: Sequence[Point]) -> tuple[float | None, int]:
+    """The highest sparsity that every method reached, else the highest reached by the most methods; with how many
+    methods reached it (None, 0 without fixed sparsities)."""
+    reached: dict[float, set[str]] = defaultdict(set)
+    for point in points:
+        if point.sparsity is not None:
+            reached[point.sparsity].add(point.method)
+    if not reached:
+        return None, 0
+    sparsity = max(reached, key=lambda s: (len(reached[s]), s))
+    return sparsity, len(reached[sparsity])
+
+
+def _accuracy_sentence(model: str, points: Sequence[Point], at: float | None, count: int,
+                       dense: float | None) -> str:
+    """Which method keeps the most clean accuracy at sparsity ``at`` (None: among the 'auto' ones), against dense."""
+    methods = len({p.method for p in points if at is None or p.sparsity is not None})
+    share = "both" if count == methods == 2 else f"all {methods}" if count == methods else f"{count} of {methods}"
+    where = (f"at {at:g} sparsity, the highest that {share} methods reached" if at is not None
+             else "among methods that choose their own sparsity")
+    ranked = sorted((p for p in points if p.sparsity == at), key=lambda p: -p.accuracy)
+    best = ranked[0]
+    text = f"On {model} {where}, {best.method} keeps the most accuracy: {best.accuracy:.4f} after fine-tuning"
+    if dense is not None:
+        text += f", {best.accuracy - dense:+.4f} against the dense model's {dense:.4f}"
+    if len(ranked) > 1:
+        text += f" (next: {ranked[1].method}, {ranked[1].accuracy:.4f})"
+    return text + "."
+
+
+def _shift_sentence(points: Sequence[Point], at: float | None, dense_shifted: float | None) -> str:
+    """How the pruned models' mean shifted accuracy at sparsity ``at`` compares with the dense model's."""
+    shifted = [p for p in points if p.sparsity == at and p.shifted is not None]
+    if not shifted:
+        return "No shifted accuracy was recorded there, so robustness is not compared."
+    low, high = min(p.shifted for p in shifted), max(p.shifted for p in shifted)  # type: ignore[type-var]
+    span = f"{low:.4f}" if len(shifted) == 1 else f"{low:.4f} to {high:.4f}"
+    subject = "the pruned model reaches" if len(shifted) == 1 else "the pruned models reach"
+    text = f"Under distribution shift{' at that sparsity' if at is not None else ''} {subject} {span} mean accuracy"
+    if dense_shifted is None:
+        return text + "; no dense model was evaluated under shift to compare with."
+    kept = [p.method for p in shifted if p.shifted >= dense_shifted]  # type: ignore[operator]
+    if len(shifted) == 1:
+        verdict = "it matches or beats it" if kept else "it falls short of it"
+    elif len(kept) == len(shifted):
+        verdict = ("both" if len(kept) == 2 else f"all {len(kept)}") + " match or beat it"
+    else:
+        verdict = f"{len(kept)} of {len(shifted)} match or beat it" + (f" ({', '.join(kept)})" if kept else "")
+    return text + f" against the dense model's {dense_shifted:.4f}: {verdict}."
+
+
+def takeaway(model: str, points: Sequence[Point], dense: float | None, dense_shifted: float | None) -> str:
+    """Two sentences computed from the numbers: which method keeps the most accuracy at the highest sparsity the
+    methods share (:func:`_compared_sparsity`), against the dense model; and how the pruned models' mean shifted
+    accuracy at that sparsity compares with the dense model's."""
+    if not points:
+        raise ValueError("a takeaway needs at least one point")
+    at, count = _compared_sparsity(points)
+    return f"{_accuracy_sentence(model, points, at, count, dense)} {_shift_sentence(points, at, dense_shifted)}"
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------
@@ -142,8 +223,8 @@ class _Section:
         self.images.append(path)
         return path
 
-    def link(self, path: Path, alt: str) -> str:
-        return f"![{alt}]({self.link_dir}/{path.name})"
+    def link(self, drawn: Drawn, alt: str) -> str:
+        return f"![{alt}]({self.link_dir}/{drawn.path.name})"
 
     # parts
     def header(self) -> str:
@@ -227,7 +308,7 @@ class _Section:
         path = errorbar_curves(curves, self.figure(f"{model}-accuracy-vs-sparsity"), xlabel="achieved sparsity "
                                "(fraction of prunable weights removed)", ylabel="test accuracy after fine-tuning",
                                title=f"{title}: accuracy vs sparsity", reference=dense_acc, markers=paper,
-                               styles=styles)
+                               styles=styles, xscale="sparsity")
         parts.append(self.link(path, f"{model}: accuracy vs sparsity"))
         dense_point = None
         if dense and all(d["macs"] for d in dense):
@@ -254,10 +335,8 @@ class _Section:
                     if name not in names:
                         names.append(name)
         row_labels, values, table = [], [], []
-        dense_runs = {r["seed"]: r for _, _, runs in groups for r in runs
-                      if r["needs_trained"] and r["metrics"].get("shift_acc_before")}
-        if dense_runs:
-            before = list(dense_runs.values())
+        before = self.dense_under_shift(model)
+        if before:
             cells = [[per_corruption(r["metrics"]["shift_acc_before"]).get(n) for r in before] for n in names]
             row_labels.append("dense")
             values.append([mean_std([r["acc_before"] for r in before])[0]]
@@ -288,12 +367,51 @@ class _Section:
             styles[f"{label} shifted"] = {"color": self.colors[label], "linestyle": "--", "marker": "s"}
         lines = errorbar_curves(curves, self.figure(f"{model}-clean-vs-shifted"),
                                 xlabel="achieved sparsity", ylabel="test accuracy",
-                                title=f"{model}: clean (solid) vs mean shifted (dashed) accuracy", styles=styles)
+                                title=f"{model}: clean (solid) vs mean shifted (dashed) accuracy", styles=styles,
+                                xscale="sparsity")
         text = [f"Accuracy after fine-tuning, clean and per corruption ({severities or 'as evaluated'}); the last "
                 "column is the mean over every shifted set evaluated. The dense row is the model before pruning.",
                 markdown_table(["method", "sparsity", "clean"] + names + ["mean shifted"], table),
+                self.link(self.shift_vs_dense(model, groups), f"{model}: pruned vs dense under shift"),
                 self.link(lines, f"{model}: clean vs shifted accuracy"), self.link(heat, f"{model}: per corruption")]
         return "\n\n".join(text)
+
+    def dense_under_shift(self, model: str) -> list[dict[str, Any]]:
+        """One run per seed that pruned the trained dense ``model`` and evaluated it under shift first: its
+        ``acc_before`` and ``shift_acc_before`` are the dense model's."""
+        found = {r["seed"]: r for label, sparsity, runs in self.groups(model) for r in runs
+                 if r["needs_trained"] and r["metrics"] and r["metrics"].get("shift_acc_before")}
+        return [found[seed] for seed in sorted(found)]
+
+    def dense_shifted(self, model: str) -> float | None:
+        """The dense model's mean shifted accuracy (over seeds); None where no run evaluated it."""
+        before = self.dense_under_shift(model)
+        return mean_std([r["shift_acc_before"] for r in before])[0] if before else None
+
+    def shift_vs_dense(self, model: str, groups: list[tuple[str, str, list[dict[str, Any]]]]) -> Drawn:
+        """The headline figure: each method's mean shifted accuracy after pruning against the dense model's."""
+        from connprune.experiments.plots import Pair, pruned_vs_dense
+
+        dense = self.dense_shifted(model)
+        pairs = [Pair(f"{label} @ {sparsity}", mean_std([r["shift_acc_after"] for r in runs])[0], dense,
+                      f"sparsity {sparsity}") for label, sparsity, runs in groups]
+        return pruned_vs_dense(pairs, self.figure(f"{model}-shift-vs-dense"),
+                               xlabel="mean accuracy under distribution shift (after fine-tuning)",
+                               title=f"{model}: pruned (filled) vs dense (hollow) under shift, per method")
+
+    def takeaway(self) -> str | None:
+        """The report's two-sentence takeaway, from the first model with finished runs (see :func:`takeaway`)."""
+        model = next((m for m in self.models if self.groups(m)), None)
+        if model is None:
+            return None
+        points = [Point(label, None if sparsity == "auto" else float(sparsity),
+                        mean_std([r["acc_after"] for r in runs])[0],
+                        mean_std([r["shift_acc_after"] for r in runs])[0]
+                        if all(r["shift_acc_after"] is not None for r in runs) else None)
+                  for label, sparsity, runs in self.groups(model)]
+        dense = self.dense_rows(model)
+        return takeaway(model, points, mean_std([d["accuracy"] for d in dense])[0] if dense else None,
+                        self.dense_shifted(model))
 
     def timing_part(self) -> str | None:
         from connprune.experiments.plots import bars_with_errors
@@ -405,7 +523,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, store_ur
         sections = [_Section(h, e["name"], _config(e["config"]), runs, dense, tmp_figures, figures.name,
                              f"{e['name']}-{h[:6]}-" if len(loaded) > 1 else "") for h, e, runs, dense in loaded]
         title = sections[0].name if len(sections) == 1 else f"Experiments in {run_dir}"
-        body = [f"# {title}", f"Results store: `{display}` (every number below is computed from its rows)."]
+        summary = next((text for text in (section.takeaway() for section in sections) if text), None)
+        body = [f"# {title}"] + ([f"**Takeaway.** {summary}"] if summary else []) + \
+            [f"Results store: `{display}` (every number below is computed from its rows)."]
         if len(sections) == 1:
             body.append(sections[0].render("#").split("\n\n", 1)[1])
         else:
