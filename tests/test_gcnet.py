@@ -30,7 +30,7 @@ def prune(model, sparsity, train, **params):
 
 def test_registered_with_its_parameters():
     described = methods.get("gcnet").describe()
-    assert described["kind"] == "unstructured" and described["needs_data"] and described["needs_trained"]
+    assert described["kind"] == "connection" and described["needs_data"] and described["needs_trained"]
     assert described["parameters"]["hybrid_split"] == 0.33
     with pytest.raises(UserError, match="unknown parameter 'split'"):
         methods.create("gcnet", split=2)

@@ -196,10 +196,13 @@ def prune(
                          shrink=not no_shrink, progress=not as_json,
                          model_options=parse_param_values(model_param, "--model-param"))
     metrics = prune_job(job)
-    shown = ["target_sparsity", "achieved_sparsity", "params_before", "params_after", "macs_before", "macs_after",
-             "acc_before", "acc_after", "prune_seconds", "finetune_seconds"]
+    if metrics.get("budget_note"):
+        err.print(f"[yellow]note:[/] {metrics['budget_note']}", highlight=False, soft_wrap=True)
+    shown = ["target_sparsity", "masked_sparsity", "achieved_sparsity", "nonzero_weights", "params_before",
+             "params_after", "macs_before", "macs_after", "acc_before", "acc_pruned", "acc_after", "prune_seconds",
+             "finetune_seconds"]
     emit(metrics, as_json, make_table(f"{method} → {out_dir}", ["metric", "value"],
-                                      [[k, metrics[k]] for k in shown]))
+                                      [[k, metrics[k]] for k in shown if k in metrics]))
 
 
 @app.command()

@@ -261,13 +261,15 @@ def prune_model(
     metrics: dict[str, Any] = {
         "method": method.name, "model": getattr(model, "connprune_arch", type(model).__name__), "data": info.name,
         "seed": seed, "target_sparsity": sparsity,
-        "achieved_sparsity": sparsity_of(model, masks, prunable_before),
+        "achieved_sparsity": sparsity_of(model, masks, prunable_before, include_skips=True),
+        "masked_sparsity": result.info.get("masked_sparsity"),
         "nonzero_weights": count_nonzero(model, masks, include_skips=True),
         "params_before": before.params, "params_after": after.params,
         "macs_before": before.macs, "macs_after": after.macs,
         "acc_before": acc_before, "acc_pruned": acc_pruned, "acc_after": acc_after,
         "prune_seconds": prune_seconds, "finetune_seconds": finetune_seconds,
-        "train_epochs": train_epochs, "params": method.params.model_dump(), **result.info,
+        "train_epochs": train_epochs, "params": method.params.model_dump(),
+        **{k: v for k, v in result.info.items() if k != "masked_sparsity"},
     }
     if shift != "none":
         metrics["shift_acc_before"], metrics["shift_acc_after"] = shift_before, shift_after

@@ -7,12 +7,16 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from connprune.errors import unknown_name
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity, TrainingMethod
 
 _REGISTRY: dict[str, type[PruningMethod]] = {}
+_MODULES = ("random", "magnitude", "l1_filter", "snip", "mint", "snacs", "gcnet", "kfac", "network_slimming",
+            "n2nskip", "layer_sparsity", "l1_regularised")
+"""The built-in method modules, baselines first: the order `connprune methods` lists their methods in."""
 
 
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
@@ -21,9 +25,15 @@ def register(cls: type[PruningMethod]) -> type[PruningMethod]:
     return cls
 
 
+def _position(cls: type[PruningMethod]) -> int:
+    module = cls.__module__.rpartition(".")[2]
+    return _MODULES.index(module) if cls.__module__.startswith(__name__) and module in _MODULES else len(_MODULES)
+
+
 def names() -> list[str]:
+    """Every method name: the built-in ones in :data:`_MODULES` order, then others in registration order."""
     _load_builtin()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=lambda name: _position(_REGISTRY[name]))
 
 
 def get(name: str) -> type[PruningMethod]:
@@ -39,21 +49,8 @@ def create(name: str, **params: Any) -> PruningMethod:
 
 
 def _load_builtin() -> None:
-    # Each module registers its method(s) on import; this order is the order `connprune methods` lists them in.
-    from connprune.methods import (  # noqa: F401  (baselines)  # noqa: F401  # noqa: F401
-        gcnet,
-        kfac,
-        l1_filter,
-        l1_regularised,
-        layer_sparsity,
-        magnitude,
-        mint,
-        n2nskip,
-        network_slimming,
-        random,
-        snacs,
-        snip,
-    )
+    for module in _MODULES:  # each module registers its method(s) on import
+        importlib.import_module(f"{__name__}.{module}")
 
 
 __all__ = ["Kind", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity", "TrainingMethod",

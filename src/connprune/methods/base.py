@@ -19,6 +19,7 @@ connprune's own trainer calls exactly these through its public hooks (:class:`Me
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -31,6 +32,8 @@ from connprune import models
 from connprune.data import ImageData
 from connprune.errors import UserError
 from connprune.graph import ExampleInputs
+from connprune.measure.sparsity import count_prunable
+from connprune.methods import budget
 from connprune.plan import Kind, PruningResult, Sparsity
 from connprune.surgery.masks import check_masks, combine
 from connprune.train.recipes import TrainConfig
@@ -120,6 +123,7 @@ class PruningMethod(ABC):
         sparsity = self.check_sparsity(sparsity)
         self._require(data)
         data = replace(data, example_inputs=resolve_example_inputs(model, data))
+        reference = count_prunable(model)
         result = self._prune(model, sparsity, data)
         pruned = result.model if result.model is not None else model
         result.masks = check_masks(pruned, result.masks)
@@ -127,7 +131,29 @@ class PruningMethod(ABC):
             earlier = {k: v for k, v in check_masks(model, data.masks).items()
                        if pruned is model or k in dict(pruned.named_parameters())}
             result.masks = combine(earlier, result.masks)
+        self._check_budget(model, sparsity, result, data, reference)
         return result
+
+    def _check_budget(self, model: nn.Module, sparsity: Sparsity, result: PruningResult, data: PruneData,
+                      reference: int) -> None:
+        """Record the sparsity before and after the surgery ``result`` implies; where it misses ``sparsity`` by more
+        than the method's selection unit (``info["budget_unit"]``, weights), say by how much and why, in ``info``
+        and as a warning (stderr)."""
+        counted = budget.count(model, result, data.example_inputs, reference=reference)
+        result.info.update(masked_sparsity=counted.masked_sparsity, expected_sparsity=counted.sparsity)
+        if sparsity == "auto":
+            return
+        off = (reference - counted.nonzero_after) - round(sparsity * reference)
+        unit = int(result.info.get("budget_unit", 1))
+        if abs(off) <= unit:
+            return
+        why = result.info.get("budget_reason") or (
+            "the surgery removes units that no selection at this budget keeps alive (a layer is cut off)"
+            if off > 0 else "the method's limits or protected units leave too few weights to prune")
+        note = (f"{self.name}: --sparsity {sparsity} ends at {counted.sparsity:.4f} after surgery ({off:+d} weights, "
+                f"more than its selection unit of {unit}): {why}; this is the nearest sparsity it reaches")
+        result.info["budget_note"] = note
+        warnings.warn(note, stacklevel=3)
 
     @abstractmethod
     def _prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:

@@ -86,21 +86,65 @@ def remaining_weights(graph: ModelGraph, kept: dict[str, int]) -> int:
     return total
 
 
-def smallest_ratio(achieved: Callable[[float], float], sparsity: float, steps: int = 40) -> float:
-    """The smallest removal ratio in [0, 1] whose ``achieved(ratio)`` sparsity (non-decreasing in the ratio) meets
-    ``sparsity``, by bisection; 0 for ``sparsity <= 0``."""
+def ratio_bounds(achieved: Callable[[float], float], sparsity: float, steps: int = 40) -> tuple[float, float]:
+    """``(low, high)``: the largest removal ratio whose ``achieved(ratio)`` sparsity (non-decreasing in the ratio)
+    stays below ``sparsity`` and the smallest that meets it, by bisection; ``(0, 0)`` for ``sparsity <= 0``."""
     if sparsity <= 0:
-        return 0.0
+        return 0.0, 0.0
     low, high = 0.0, 1.0
     for _ in range(steps):
         middle = (low + high) / 2
         low, high = (middle, high) if achieved(middle) < sparsity else (low, middle)
-    return high
+    return low, high
+
+
+def smallest_ratio(achieved: Callable[[float], float], sparsity: float, steps: int = 40) -> float:
+    """The smallest removal ratio in [0, 1] whose ``achieved(ratio)`` sparsity (non-decreasing in the ratio) meets
+    ``sparsity``, by bisection; 0 for ``sparsity <= 0``."""
+    return ratio_bounds(achieved, sparsity, steps)[1]
+
+
+def _next_to_drop(kept: dict[str, int], floor: dict[str, int], step: dict[str, int], sizes: dict[str, int],
+                  scores: dict[str, torch.Tensor] | None) -> str | None:
+    """The group that gives up its next ``step`` channels: the one whose next channel has the lowest score relative
+    to its group's mean (scale-free across layers), or without scores the one keeping the largest fraction."""
+    best, best_key = None, None
+    for root, count in kept.items():
+        if count - step[root] < floor[root]:
+            continue
+        if scores is None:
+            key = (-count / sizes[root], root)
+        else:
+            ordered = torch.sort(scores[root]).values
+            mean = float(ordered.abs().mean()) or 1.0
+            key = (float(ordered[sizes[root] - count]) / mean, root)  # the kept ones are the highest-scoring
+        if best_key is None or key < best_key:
+            best, best_key = root, key
+    return best
+
+
+def fit_channels(graph: ModelGraph, kept: dict[str, int], sparsity: float, *, floor: dict[str, int],
+                 step: dict[str, int], scores: dict[str, torch.Tensor] | None = None) -> dict[str, int]:
+    """From ``kept`` (channels per group root, sparser than ``sparsity`` is not yet reached), take channels away
+    one selection unit at a time (``step[root]`` channels: 1, or the alignment block) from the group that loses the
+    least (:func:`_next_to_drop`) until the weights left meet ``sparsity``: the sparsity then exceeds the target by
+    less than one unit's weights (docs/methods/index.md, "What sparsity means")."""
+    dense = count_prunable(graph.model)
+    kept = dict(kept)
+    full = {g.root: g.channels for g in graph.groups}
+    while 1.0 - remaining_weights(graph, {**full, **kept}) / dense < sparsity:
+        root = _next_to_drop(kept, floor, step, full, scores)
+        if root is None:
+            break  # every group is at its floor: the nearest achievable sparsity
+        kept[root] -= step[root]
+    return kept
 
 
 def structured_removal(model: nn.Module, sparsity: float, data: PruneData, params: ChannelBudgetParams,
                        channel_scores: ChannelImportance) -> PruningResult:
-    """Remove the lowest-scoring channels of every group at one uniform ratio that meets ``sparsity``."""
+    """Remove the lowest-scoring channels of every group at one uniform ratio, then channel by channel (the group
+    that loses the least first) until the removed weights meet ``sparsity`` to within one channel (one alignment
+    block with an explicit ``round_to``)."""
     graph = build(model, data.example_inputs)
     strict = params.round_to != "auto"
     round_to = auto_round_to(data.device) if params.round_to == "auto" else params.round_to
@@ -115,15 +159,22 @@ def structured_removal(model: nn.Module, sparsity: float, data: PruneData, param
     def achieved(ratio: float) -> float:
         return 1.0 - remaining_weights(graph, kept_at(ratio)) / dense
 
-    ratio = smallest_ratio(achieved, sparsity)
-    kept = kept_at(ratio)
+    low, ratio = ratio_bounds(achieved, sparsity)
+    aligned = {g.root: strict and round_to > 1 and kept_at(ratio)[g.root] % round_to == 0 for g in groups}
+    step = {g.root: round_to if aligned[g.root] else 1 for g in groups}
+    scores = {g.root: channel_scores(g, graph) for g in groups}
+    floor = {g.root: min(g.channels, max(params.min_channels, step[g.root])) for g in groups}
+    kept = fit_channels(graph, {g.root: kept_at(low)[g.root] for g in groups}, sparsity, floor=floor, step=step,
+                        scores=scores) if sparsity > 0 else {g.root: g.channels for g in groups}
     remove: dict[str, list[int]] = {}
     for group in groups:
         drop = group.channels - kept[group.root]
         if drop > 0:
-            scores = channel_scores(group, graph)
-            remove[group.root] = sorted(torch.argsort(scores, stable=True)[:drop].tolist())
+            remove[group.root] = sorted(torch.argsort(scores[group.root], stable=True)[:drop].tolist())
     unaligned = {g.root: kept_channels(g.channels, ratio, 1, params.min_channels) for g in groups}
-    info = {"channel_ratio": ratio, "round_to": round_to, "expected_sparsity": achieved(ratio),
-            "groups_unpruned_by_alignment": sum(kept[g.root] == g.channels > unaligned[g.root] for g in groups)}
+    info = {"channel_ratio": ratio, "round_to": round_to,
+            "expected_sparsity": 1.0 - remaining_weights(graph, {**full, **kept}) / dense,
+            "budget_unit": max((g.weights_per_channel * step[g.root] for g in groups), default=1),
+            "groups_unpruned_by_alignment": sum(kept_at(ratio)[g.root] == g.channels > unaligned[g.root]
+                                                for g in groups)}
     return PruningResult(remove=remove, info=info)

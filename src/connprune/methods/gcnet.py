@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -51,6 +52,7 @@ from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, 
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
+from connprune.methods.budget import excluded_scores, fit_to_surgery
 
 
 class GCNetParams(MethodParams):
@@ -161,84 +163,148 @@ def _distribute(extra: int, capacity: dict[str, tuple[int, int]]) -> dict[str, i
     return adjust
 
 
+@dataclass
+class _GhostState:
+    """What GC-Net measured before selecting: layer order, the ghost layers and their connectivity."""
+
+    weights: dict[str, torch.Tensor]
+    order: list[str]
+    split: int
+    guided: list[GhostLayer]
+    ghosts: dict[str, torch.Tensor]
+    block: dict[str, int]
+    seconds: float
+
+    @property
+    def ghosts_of(self) -> set[str]:
+        """Weight names of the ghost layers."""
+        return {f"{g.child}.weight" for g in self.guided}
+
+
+def _cells_forced(forced: torch.Tensor | None, ghost: torch.Tensor, weight: torch.Tensor, block: int) -> torch.Tensor:
+    """Ghost entries (child unit, parent channel) whose whole kernel slice / input block is forced."""
+    if forced is None:
+        return torch.zeros(ghost.shape, dtype=torch.bool)
+    if weight.dim() == 4:
+        return forced.flatten(2).all(dim=2).cpu()
+    return forced.reshape(forced.shape[0], -1, block).all(dim=2).cpu()
+
+
 @register
 class GCNet(PruningMethod):
     name = "gcnet"
-    kind = Kind.UNSTRUCTURED
+    kind = Kind.CONNECTION
     paper = ("Wisell & Yasaei Sekeh, Ghost-Connect Net: A Generalization-Enhanced Guidance For Sparse Deep Networks "
              "Under Distribution Shifts, arXiv 2411.09199, 2024 (measure reconstructed, see docs/methods/gcnet.md)")
-    summary = ("magnitude-prune a ghost network of per-class |Pearson| connectivities between consecutive layers, "
-               "map it back to kernel slices; direct magnitude on the first b layers")
+    summary = ("connections (kernel slices) of later layers from a magnitude-pruned ghost network of per-class "
+               "|Pearson| connectivities between consecutive layers; single weights by magnitude on the first b")
     Params = GCNetParams
     needs_data = True
 
     def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
-        p = self.params
         started = time.perf_counter()
+        state = self._measure(model, sparsity, data)
+        # what the surgery takes anyway counts as pruned; lost ghost-layer weights are made up in the direct layers
+        repair = {key: importance.magnitude({key: w})[key] if key not in state.ghosts_of
+                  else torch.full(w.shape, float("-inf")) for key, w in state.weights.items()}
+        masks, rounds = fit_to_surgery(lambda level, forced: self._select(state, level, forced)[0], sparsity, model,
+                                       data.example_inputs, scores=repair)
+        _, modes, residual = self._select(state, sparsity, {})
+        info = self._info(state, masks, modes, residual)
+        info.update(gcnet_seconds=time.perf_counter() - started, budget_rounds=rounds,
+                    budget_unit=max(state.block.values(), default=1) + len(state.order))
+        return PruningResult(masks=masks, info=info)
+
+    def _measure(self, model: nn.Module, sparsity: float, data: PruneData) -> _GhostState:
+        """docs/methods/gcnet.md §3 steps 1–5: layer order, the hybrid split, ghost layers and their connectivity."""
+        p = self.params
         graph = build(model, data.example_inputs)
-        weights = prunable_weights(model)
+        weights = {key: w.detach() for key, w in prunable_weights(model).items()}
         order = [f"{layer}.weight" for layer in graph.layers if f"{layer}.weight" in weights]
-        depth = len(order)
-        split = resolve_split(p.hybrid_split, depth)
+        split = resolve_split(p.hybrid_split, len(order))
         direct_part = set(order[:split])
-        candidates = ghost_layers(graph, include_shortcuts=p.include_shortcuts,
-                                  include_classifier=p.include_classifier)
-        guided: list[GhostLayer] = [g for g in candidates if f"{g.child}.weight" not in direct_part
-                                    and f"{g.child}.weight" in weights]
+        guided = [g for g in ghost_layers(graph, include_shortcuts=p.include_shortcuts,
+                                          include_classifier=p.include_classifier)
+                  if f"{g.child}.weight" not in direct_part and f"{g.child}.weight" in weights]
         ghosts: dict[str, torch.Tensor] = {}
-        measured_seconds = 0.0
+        seconds = 0.0
         if guided and sparsity > 0:
+            assert data.train is not None
             connectivity = network_connectivity(
                 model, data.train, graph, layers=guided, per_class=p.probe_per_class, site=p.site, measure=p.measure,
                 std_guard=p.std_guard, batch_size=p.batch_size, seed=p.seed, device=data.device)
-            ghosts = connectivity.ghosts
-            measured_seconds = connectivity.seconds
-        masks: dict[str, torch.Tensor] = {}
-        modes: dict[str, str] = {}
+            ghosts, seconds = connectivity.ghosts, connectivity.seconds
         block = {g.child: weights[f"{g.child}.weight"][0, 0].numel() * g.features_per_channel
                  if weights[f"{g.child}.weight"].dim() == 4 else g.features_per_channel for g in guided}
-        if ghosts:
-            if p.ghost_scope == "layer":
-                ghost_masks = {name: ghost_keep(g, sparsity) for name, g in ghosts.items()}
-            else:
-                ghost_masks = ghost_keep_global(ghosts, block, sparsity)
-            for g in guided:
-                key = f"{g.child}.weight"
-                masks[key] = map_to_weights(ghost_masks[g.child], weights[key].detach(), g.features_per_channel)
-                modes[key] = "gcnet"
-        direct = [key for key in order if key not in masks]
-        for key in direct:
-            modes[key] = "magnitude"
+        return _GhostState(weights=weights, order=order, split=split, guided=guided if ghosts else [],
+                           ghosts=ghosts, block=block, seconds=seconds)
+
+    def _select(self, state: _GhostState, sparsity: float, forced: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
+        """Masks at ``sparsity`` with the ``forced`` entries pruned and counted (docs/methods/gcnet.md §3 steps
+        6–9): ghost masks mapped to the ghost layers' kernel slices, magnitude on the direct layers, the direct
+        layers absorbing the difference (``match_total``). Returns the masks, each layer's mode and that difference."""
+        p, weights = self.params, state.weights
+        masks, modes = self._ghost_masks(state, sparsity, forced)
+        direct = [key for key in state.order if key not in masks]
+        modes.update({key: "magnitude" for key in direct})
         pruned = {key: round(sparsity * weights[key].numel()) for key in direct}
-        ghost_residual = 0
+        residual = 0
         if masks:
             if p.ghost_scope == "layer":
                 wanted = sum(round(sparsity * weights[k].numel()) for k in masks)
             else:
                 wanted = round(sparsity * sum(weights[k].numel() for k in masks))
-            ghost_residual = wanted - sum(int((~m).sum()) for m in masks.values())
-            if p.match_total and ghost_residual:
-                adjust = _distribute(ghost_residual, {k: (pruned[k], weights[k].numel()) for k in direct})
+            residual = wanted - sum(int((~m).sum()) for m in masks.values())
+            if p.match_total and residual:
+                adjust = _distribute(residual, {k: (pruned[k], weights[k].numel()) for k in direct})
                 pruned = {k: pruned[k] + adjust[k] for k in direct}
-        scores = importance.magnitude({key: weights[key] for key in direct})
+        scores = excluded_scores(importance.magnitude({key: weights[key] for key in direct}), forced)
         for key in direct:
             n = weights[key].numel()
             masks[key] = importance.keep_mask(scores[key].reshape(-1), n - pruned[key]).view(weights[key].shape)
         masks = {key: masks[key].to(weights[key].device) for key in weights if key in masks}
         for key in weights:  # modules outside the traced graph (never called) keep everything
             masks.setdefault(key, torch.ones_like(weights[key], dtype=torch.bool))
-        info = {
-            "gcnet_split": split, "gcnet_depth": depth, "gcnet_ghost_layers": [g.child for g in guided],
-            "gcnet_layer_modes": modes,
+        return masks, modes, residual
+
+    def _ghost_masks(self, state: _GhostState, sparsity: float, forced: dict[str, torch.Tensor]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The ghost layers' weight masks: each ghost magnitude-pruned (forced cells first), mapped back."""
+        if not state.ghosts:
+            return {}, {}
+        ghosts = {}
+        for g in state.guided:
+            key = f"{g.child}.weight"
+            cells = _cells_forced(forced.get(key), state.ghosts[g.child], state.weights[key], g.features_per_channel)
+            ghosts[g.child] = state.ghosts[g.child].masked_fill(cells, float("-inf"))
+        if self.params.ghost_scope == "layer":
+            ghost_masks = {name: ghost_keep(ghost, sparsity) for name, ghost in ghosts.items()}
+        else:
+            ghost_masks = ghost_keep_global(ghosts, state.block, sparsity)
+        masks, modes = {}, {}
+        for g in state.guided:
+            key = f"{g.child}.weight"
+            mask = map_to_weights(ghost_masks[g.child], state.weights[key], g.features_per_channel)
+            masks[key] = mask & ~forced[key].to(mask.device) if key in forced else mask
+            modes[key] = "gcnet"
+        return masks, modes
+
+    def _info(self, state: _GhostState, masks: dict[str, torch.Tensor], modes: dict[str, str],
+              residual: int) -> dict[str, object]:
+        """GC-Net's numbers for ``metrics.json``: split, modes, per-layer sparsity, units the ghost cut off."""
+        ghost_masks = {g.child: (masks[f"{g.child}.weight"].reshape(masks[f"{g.child}.weight"].shape[0],
+                                                                    state.ghosts[g.child].shape[1], -1).any(dim=2))
+                       for g in state.guided}
+        info: dict[str, object] = {
+            "gcnet_split": state.split, "gcnet_depth": len(state.order),
+            "gcnet_ghost_layers": [g.child for g in state.guided], "gcnet_layer_modes": modes,
             "gcnet_layer_sparsity": {k: 1.0 - float(m.float().mean()) for k, m in masks.items()},
-            "gcnet_ghost_residual_weights": int(ghost_residual),
-            "gcnet_units_without_inputs": {g.child: int((~ghost_masks[g.child]).all(dim=1).sum())
-                                           for g in guided} if ghosts else {},
-            "gcnet_channels_unread": {g.child: int((~ghost_masks[g.child]).all(dim=0).sum())
-                                      for g in guided} if ghosts else {},
-            "gcnet_connectivity_seconds": measured_seconds,
-            "gcnet_seconds": time.perf_counter() - started,
+            "gcnet_ghost_residual_weights": int(residual),
+            "gcnet_units_without_inputs": {c: int((~m).all(dim=1).sum()) for c, m in ghost_masks.items()},
+            "gcnet_channels_unread": {c: int((~m).all(dim=0).sum()) for c, m in ghost_masks.items()},
+            "gcnet_connectivity_seconds": state.seconds,
         }
-        if ghosts:
-            info["gcnet_connectivity_mean"] = {name: float(g.mean()) for name, g in ghosts.items()}
-        return PruningResult(masks=masks, info=info)
+        if state.ghosts:
+            info["gcnet_connectivity_mean"] = {name: float(g.mean()) for name, g in state.ghosts.items()}
+        return info

@@ -47,7 +47,7 @@ from connprune.measure import curvature, importance
 from connprune.measure.sparsity import count_prunable
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningResult, Sparsity, TrainingMethod
-from connprune.methods.channel_budget import kept_channels, remaining_weights, smallest_ratio
+from connprune.methods.channel_budget import fit_channels, kept_channels, ratio_bounds, remaining_weights
 from connprune.surgery import MaskEnforcer, removal_masks
 from connprune.train import distributed
 from connprune.train.recipes import TrainConfig
@@ -141,8 +141,9 @@ def prunable_groups(graph: ModelGraph, prune_first_conv: bool, prune_residual: b
 
 def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: float,
                    budget: Literal["weights", "neurons"], min_neurons: int) -> dict[str, int]:
-    """k_l per group root. ``neurons``: ⌈(1 − s)·n_l⌉. ``weights``: the smallest uniform neuron ratio whose exact
-    remaining prunable-weight count meets ``sparsity`` (bisection, as :mod:`~connprune.methods.channel_budget`)."""
+    """k_l per group root. ``neurons``: ⌈(1 − s)·n_l⌉. ``weights``: the uniform neuron ratio that comes closest
+    below ``sparsity`` on the exact remaining prunable-weight count, then one neuron at a time from the group that
+    keeps the largest fraction, until the budget is met to within one neuron (:mod:`~connprune.methods.channel_budget`)."""
     full = {g.root: g.channels for g in graph.groups}
     if budget == "neurons":
         return {g.root: max(min_neurons, min(g.channels, math.ceil((1.0 - sparsity) * g.channels - 1e-9)))
@@ -159,7 +160,9 @@ def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: floa
         raise UserError(f"a weight sparsity of {sparsity} cannot be reached by removing neurons of the prunable "
                         f"layers (at most {achieved(1.0):.3f}); lower --sparsity, or allow more layers "
                         "(prune_first_conv=true, prune_residual=true)")
-    return kept_at(smallest_ratio(achieved, sparsity))
+    low, _ = ratio_bounds(achieved, sparsity)
+    return fit_channels(graph, kept_at(low), sparsity, floor={g.root: min(min_neurons, g.channels) for g in groups},
+                        step={g.root: 1 for g in groups})
 
 
 # ------------------------------------------------------------------------------------------------------ the masks
@@ -374,6 +377,7 @@ class KFACPruning(TrainingMethod):
             if "exact_ggn_lambda_max" in final:
                 info["final_exact_ggn_lambda_max"] = final["exact_ggn_lambda_max"]
         self.enforcer.detach()
+        info["budget_unit"] = max((g.weights_per_channel for g in self.masks.groups.values()), default=1)
         return PruningResult(remove=self.masks.removed(), train_after=0, info=info)
 
 

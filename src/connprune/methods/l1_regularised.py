@@ -31,6 +31,7 @@ from connprune.measure.importance import filter_l1
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruningResult
+from connprune.methods.budget import excluded_scores, fit_to_surgery
 from connprune.methods.channel_budget import ChannelBudgetParams, structured_removal
 from connprune.methods.regularisers import (
     PenaltyGroup,
@@ -81,7 +82,10 @@ class L1Regularised(RegularisedMethod):
         if self.sparsity == "auto":
             masks = {name: w.detach() != 0 for name, w in weights.items()}
         else:
-            masks = importance.keep_top(importance.magnitude(weights), self.sparsity, "global")
+            scores = importance.magnitude(weights)
+            masks, _ = fit_to_surgery(
+                lambda level, forced: importance.keep_top(excluded_scores(scores, forced), level, "global"),
+                self.sparsity, model, self.data.example_inputs, scores=scores)
         zeros = sum(int((w.detach() == 0).sum()) for w in weights.values())
         total = sum(w.numel() for w in weights.values())
         return PruningResult(masks=masks, info={"lambda": self.params.lam, "penalty_zero_fraction": zeros / total})

@@ -12,6 +12,7 @@ from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
+from connprune.methods.budget import excluded_scores, fit_to_surgery, per_layer_scale
 
 
 class MagnitudeParams(MethodParams):
@@ -29,4 +30,8 @@ class Magnitude(PruningMethod):
 
     def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         scores = importance.magnitude(prunable_weights(model))
-        return PruningResult(masks=importance.keep_top(scores, sparsity, self.params.scope))
+        masks, rounds = fit_to_surgery(
+            lambda level, forced: importance.keep_top(excluded_scores(scores, forced), level, self.params.scope),
+            sparsity, model, data.example_inputs, scores=per_layer_scale(scores, self.params.scope))
+        unit = len(scores) if self.params.scope == "layer" else 1  # a weight of rounding per layer
+        return PruningResult(masks=masks, info={"budget_rounds": rounds, "budget_unit": unit})

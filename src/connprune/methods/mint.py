@@ -56,7 +56,7 @@ from connprune.errors import UserError
 from connprune.graph import ModelGraph, build, is_depthwise
 from connprune.measure import activations as acts
 from connprune.measure.mutual_information import edge_cmi_matrix, mst_cmi_matrix
-from connprune.measure.sparsity import count_prunable
+from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.methods import level_sweep, register, score_cache
 from connprune.methods.base import (
     Kind,
@@ -67,6 +67,7 @@ from connprune.methods.base import (
     Sparsity,
     resolve_example_inputs,
 )
+from connprune.methods.budget import fit_to_surgery
 
 __all__ = ["ChildLayer", "ConnectivityParams", "Mint", "MintParams", "auto_groups", "cell_masks", "group_labels",
            "plan_children", "score_children", "select_cells"]
@@ -253,7 +254,7 @@ def _by_prune_level(scores: dict[str, torch.Tensor], eligible: dict[str, torch.T
 
 
 def _by_target(scores: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor], caps: dict[str, int],
-               cell_weights: dict[str, int], target_weights: int) -> dict[str, torch.Tensor] | None:
+               cell_weights: dict[str, int | torch.Tensor], target_weights: int) -> dict[str, torch.Tensor] | None:
     """Cells in ascending global score order (ties: layer order, then cell index), each layer stopping at its cap,
     until at least ``target_weights`` weights are pruned; None when the caps cannot reach it."""
     names = list(scores)
@@ -261,7 +262,9 @@ def _by_target(scores: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor
     for index, name in enumerate(names):
         where = torch.nonzero(_lowest(scores[name], caps[name], eligible[name]).reshape(-1)).squeeze(1)
         flat_scores.append(scores[name].reshape(-1)[where])
-        flat_weights.append(torch.full((len(where),), cell_weights[name], dtype=torch.int64))
+        weights = cell_weights[name]
+        weights = torch.as_tensor(weights, dtype=torch.int64).expand(scores[name].shape).reshape(-1)
+        flat_weights.append(weights[where])
         owners.append(torch.full((len(where),), index, dtype=torch.int64))
         positions.append(where)
     all_scores, all_weights = torch.cat(flat_scores), torch.cat(flat_weights)
@@ -277,13 +280,15 @@ def _by_target(scores: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor
     else:
         take = int(torch.searchsorted(cumulative, torch.tensor(target_weights))) + 1
     result = {name: torch.zeros_like(scores[name], dtype=torch.bool) for name in names}
-    for cell in order[:take].tolist():
-        result[names[int(all_owners[cell])]].view(-1)[all_positions[cell]] = True
+    taken = order[:take]
+    owners_taken, positions_taken = all_owners[taken], all_positions[taken]
+    for index, name in enumerate(names):
+        result[name].view(-1)[positions_taken[owners_taken == index]] = True
     return result
 
 
 def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
-                 cell_weights: dict[str, int] | None = None, target_weights: int | None = None,
+                 cell_weights: dict[str, int | torch.Tensor] | None = None, target_weights: int | None = None,
                  prune_level: float | None = None,
                  protected: dict[str, torch.Tensor] | None = None,
                  keep_connected: bool = False) -> dict[str, torch.Tensor] | None:
@@ -295,9 +300,10 @@ def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
       the pooled sorted unique scores, cells with ``ρ ≤ δ`` pruned; a layer where that reaches its limit (``≥ u_l``
       of its cells) prunes instead its ``round(u_l·cells)`` lowest cells. π = 0 prunes nothing; π = 1 prunes every
       layer to its limit (SNACS's single-shot mode).
-    - ``target_weights`` with ``cell_weights``: cells in ascending global score order (ties: layer order, then
-      cell index), a layer stopping at ``round(u_l·cells)``, until at least ``target_weights`` weights are pruned.
-      Returns None when the limits cannot reach the target.
+    - ``target_weights`` with ``cell_weights`` (weights per cell: one count per layer, or a tensor of the cells'
+      shape): cells in ascending global score order (ties: layer order, then cell index), a layer stopping at
+      ``round(u_l·cells)``, until at least ``target_weights`` weights are pruned. Returns None when the limits
+      cannot reach the target.
 
     ``protected[layer]`` (bool, G_child) marks child groups that keep all incoming connections (SNACS). Limits count
     all cells of a layer, protected ones included. ``keep_connected`` never prunes the highest-scoring cell of a
@@ -313,6 +319,26 @@ def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
     if cell_weights is None:
         raise ValueError("target_weights needs cell_weights")
     return _by_target(scores, eligible, caps, cell_weights, int(target_weights))
+
+
+def _cell_counts(entries: torch.Tensor | None, child: ChildLayer) -> torch.Tensor | int:
+    """How many of ``entries`` (a bool tensor of the child's weight shape) fall in each (child group, parent group)
+    cell; 0 without entries."""
+    if entries is None:
+        return 0
+    per_unit = entries.reshape(entries.shape[0], child.in_units, -1).sum(dim=2).to(torch.int64).cpu()
+    groups_c, groups_p = child.shape
+    by_child = torch.zeros(groups_c, child.in_units, dtype=torch.int64).index_add_(0, child.child_labels, per_unit)
+    return torch.zeros(groups_c, groups_p, dtype=torch.int64).index_add_(1, child.parent_labels, by_child)
+
+
+def cell_scores(model: nn.Module, child: ChildLayer, rho: torch.Tensor) -> torch.Tensor:
+    """Each weight of ``child`` gets the score ρ of its (child group, parent group) cell."""
+    weight = model.get_submodule(child.name).weight
+    units = rho[child.child_labels][:, child.parent_labels].float()  # (C_out, C_in units)
+    if weight.dim() == 4:
+        return units[:, :, None, None].expand(weight.shape).clone()
+    return units.repeat_interleave(child.block, dim=1)
 
 
 def cell_masks(model: nn.Module, children: list[ChildLayer],
@@ -441,54 +467,76 @@ class ConnectivityPruning(PruningMethod):
 
     def masks_for(self, model: nn.Module, state: ScoringState, sparsity: float | None,
                   prune_level: float | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Masks for a numeric ``sparsity`` (relaxing the limits if allowed) or a prune level π."""
+        """Masks for a numeric ``sparsity`` (counted after surgery, relaxing the limits if allowed) or a prune
+        level π."""
         info: dict[str, Any] = {}
-        cells = {c.name: c.cell_weights() for c in state.children}
         if sparsity is None:
             pruned = select_cells(state.scores, state.limits, prune_level=prune_level, protected=state.protected,
                                   keep_connected=self.params.keep_connected)
-        else:
-            target = round(sparsity * count_prunable(model))
-            pruned = select_cells(state.scores, state.limits, cell_weights=cells, target_weights=target,
-                                  protected=state.protected, keep_connected=self.params.keep_connected)
-            if pruned is None:
-                reachable = self._reachable(state, cells, state.limits) / count_prunable(model)
-                if not self.params.relax_limits:
-                    raise UserError(f"{self.name}: the per-layer limits allow at most {reachable:.4f} sparsity, "
-                                    f"below the requested {sparsity}; raise --param upper_limit=... or allow "
-                                    "--param relax_limits=true")
-                low, high = 0.0, 1.0
-                unlimited = {n: 1.0 for n in state.limits}
-                if select_cells(state.scores, unlimited, cell_weights=cells, target_weights=target,
-                                protected=state.protected, keep_connected=self.params.keep_connected) is None:
-                    most = self._reachable(state, cells, unlimited) / count_prunable(model)
-                    raise UserError(f"{self.name} can prune at most {most:.4f} of the weights (protected filters "
-                                    f"and unscored layers stay), below the requested {sparsity}; ask for less")
-                for _ in range(30):
-                    middle = (low + high) / 2
-                    raised = {n: min(1.0, u + middle) for n, u in state.limits.items()}
-                    ok = select_cells(state.scores, raised, cell_weights=cells, target_weights=target,
-                                      protected=state.protected,
-                                      keep_connected=self.params.keep_connected) is not None
-                    low, high = (low, middle) if ok else (middle, high)
-                raised = {n: min(1.0, u + high) for n, u in state.limits.items()}
-                pruned = select_cells(state.scores, raised, cell_weights=cells, target_weights=target,
-                                      protected=state.protected, keep_connected=self.params.keep_connected)
-                info["limits_relaxed_by"] = high
-        masks = cell_masks(model, state.children, pruned)
-        info["layer_pruned_cells"] = {n: float(p.float().mean()) for n, p in pruned.items()}
+            info["layer_pruned_cells"] = {n: float(p.float().mean()) for n, p in pruned.items()}
+            return cell_masks(model, state.children, pruned), info
+
+        def select(level: float, forced: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            pruned = self._cells_for_target(model, state, level, forced, info)
+            info["layer_pruned_cells"] = {n: float(p.float().mean()) for n, p in pruned.items()}
+            masks = cell_masks(model, state.children, pruned)
+            for name, entries in forced.items():
+                keep = masks.get(name, torch.ones(entries.shape, dtype=torch.bool, device=entries.device))
+                masks[name] = keep & ~entries.to(keep.device)
+            return masks
+
+        trim = {c.weight_name: cell_scores(model, c, state.scores[c.name]) for c in state.children}
+        trim.update({name: torch.full(w.shape, float("-inf")) for name, w in prunable_weights(model).items()
+                     if name not in trim})
+        masks, info["budget_rounds"] = fit_to_surgery(select, sparsity, model, state.graph.example_inputs,
+                                                      scores=trim)
+        info["budget_unit"] = max(c.cell_weights() for c in state.children)
         return masks, info
 
-    def _reachable(self, state: ScoringState, cells: dict[str, int], limits: dict[str, float]) -> int:
+    def _cells_for_target(self, model: nn.Module, state: ScoringState, sparsity: float,
+                          forced: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The cells to prune so that, with the ``forced`` weights (which the surgery takes anyway), the pruned
+        weights reach ``sparsity``; the limits are raised together when they cannot (``relax_limits``)."""
+        total = count_prunable(model)
+        target = round(sparsity * total) - sum(int(f.sum()) for f in forced.values())
+        cells = {c.name: c.cell_weights() - _cell_counts(forced.get(c.weight_name), c) for c in state.children}
+
+        def pick(limits: dict[str, float]) -> dict[str, torch.Tensor] | None:
+            return select_cells(state.scores, limits, cell_weights=cells, target_weights=target,
+                                protected=state.protected, keep_connected=self.params.keep_connected)
+
+        pruned = pick(state.limits)
+        if pruned is not None:
+            return pruned
+        if not self.params.relax_limits:
+            reachable = self._reachable(state, cells, state.limits) / total
+            raise UserError(f"{self.name}: the per-layer limits allow at most {reachable:.4f} sparsity, below the "
+                            f"requested {sparsity}; raise --param upper_limit=... or allow --param relax_limits=true")
+        unlimited = {n: 1.0 for n in state.limits}
+        if pick(unlimited) is None:  # prune all it may; the budget check reports the nearest sparsity and why
+            reachable = self._reachable(state, cells, unlimited)
+            most = (reachable + sum(int(f.sum()) for f in forced.values())) / total
+            info["budget_reason"] = (f"{self.name} may prune at most {most:.4f} of the weights: protected filters "
+                                     "(protect_fraction), each child group's best input (keep_connected) and "
+                                     "unscored layers stay")
+            return select_cells(state.scores, unlimited, cell_weights=cells, target_weights=reachable,
+                                protected=state.protected, keep_connected=self.params.keep_connected)
+        low, high = 0.0, 1.0
+        for _ in range(30):
+            middle = (low + high) / 2
+            ok = pick({n: min(1.0, u + middle) for n, u in state.limits.items()}) is not None
+            low, high = (low, middle) if ok else (middle, high)
+        info["limits_relaxed_by"] = high
+        return pick({n: min(1.0, u + high) for n, u in state.limits.items()})
+
+    def _reachable(self, state: ScoringState, cells: dict[str, torch.Tensor], limits: dict[str, float]) -> int:
         """Weights the limits let the masks remove (protected groups and, with keep_connected, each group's best
         cell stay)."""
         total = 0
         for name, rho in state.scores.items():
-            protected_rows = int(state.protected[name].sum()) if name in state.protected else 0
-            allowed = rho.numel() - protected_rows * rho.shape[1]
-            if self.params.keep_connected:
-                allowed -= rho.shape[0] - protected_rows
-            total += min(_cap_cells(limits.get(name, 1.0), rho.numel()), allowed) * cells[name]
+            allowed = _eligible(rho, state.protected.get(name), self.params.keep_connected)
+            chosen = _lowest(rho, _cap_cells(limits.get(name, 1.0), rho.numel()), allowed)
+            total += int(torch.as_tensor(cells[name]).expand(rho.shape)[chosen].sum())
         return total
 
     def auto_masks(self, model: nn.Module, state: ScoringState,

@@ -180,7 +180,7 @@ class N2NSkip(_SkipMethod):
             "nonzero_weights": sequential + skip_nonzero, "nonzero_sequential": sequential,
             "nonzero_skip": skip_nonzero, "plain_nonzero_weights": budget, "reference_weights": reference,
             "total_density": (sequential + skip_nonzero) / reference, "skip_density": density,
-            "skip_capacity": capacity, "skip_budget_capped": wanted > capacity,
+            "skip_capacity": capacity, "skip_budget_capped": wanted > capacity, "budget_unit": len(weights),
             "skips": [{"source": s["source"], "target": s["target"], "span": s["span"],
                        "connections": s["connections"]} for s in specs],
         }
@@ -204,6 +204,7 @@ class ResSkip(_SkipMethod):
         masks = self._base_masks(model, budget, data)
         specs = [site.spec(str(i), "res") for i, site in enumerate(usable)]
         info = {"nonzero_weights": sum(int(m.sum()) for m in masks.values()), "plain_nonzero_weights": budget,
+                "budget_unit": len(weights),
                 "skips": [{"source": s["source"], "target": s["target"], "span": s["span"]} for s in specs],
                 "sites_left_out": [f"{s.source}->{s.target}" for s in sites if s not in usable]}
         return PruningResult(masks=masks, skips=specs, info=info)

@@ -138,5 +138,6 @@ class NetworkSlimming(TrainingMethod):
         removed = sum(len(v) for v in remove.values())
         info = {"neuron_sparsity": removed / candidates, "neurons_before": candidates,
                 "neurons_after": candidates - removed, "sparse_train_epochs": self.epochs,
-                "gamma_below_1e-2": float(torch.cat(list(scores.values())).lt(1e-2).float().mean())}
+                "gamma_below_1e-2": float(torch.cat(list(scores.values())).lt(1e-2).float().mean()),
+                "budget_unit": max(g.weights_per_channel for g in self.groups)}
         return PruningResult(remove={k: sorted(v) for k, v in remove.items()}, info=info)

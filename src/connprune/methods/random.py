@@ -11,6 +11,7 @@ from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, PruneData, PruningMethod, PruningResult
+from connprune.methods.budget import excluded_scores, fit_to_surgery, per_layer_scale
 from connprune.methods.channel_budget import ChannelBudgetParams, structured_removal
 
 
@@ -34,4 +35,8 @@ class Random(PruningMethod):
             return structured_removal(model, sparsity, data, self.params,
                                       importance.random_channels(self.params.seed))
         scores = importance.random_scores(prunable_weights(model), self.params.seed)
-        return PruningResult(masks=importance.keep_top(scores, sparsity, self.params.scope))
+        masks, rounds = fit_to_surgery(
+            lambda level, forced: importance.keep_top(excluded_scores(scores, forced), level, self.params.scope),
+            sparsity, model, data.example_inputs, scores=per_layer_scale(scores, self.params.scope))
+        unit = len(scores) if self.params.scope == "layer" else 1  # a weight of rounding per layer
+        return PruningResult(masks=masks, info={"budget_rounds": rounds, "budget_unit": unit})

@@ -17,6 +17,7 @@ from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
+from connprune.methods.budget import excluded_scores, fit_to_surgery
 
 
 class SnipParams(MethodParams):
@@ -53,4 +54,7 @@ class Snip(PruningMethod):
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         scores = importance.snip(weights, grads)
-        return PruningResult(masks=importance.keep_top(scores, sparsity, "global"))
+        masks, rounds = fit_to_surgery(
+            lambda level, forced: importance.keep_top(excluded_scores(scores, forced), level, "global"),
+            sparsity, model, data.example_inputs, scores=scores)
+        return PruningResult(masks=masks, info={"budget_rounds": rounds})

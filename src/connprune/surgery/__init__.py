@@ -28,21 +28,27 @@ from connprune.surgery.shrink import shrink as shrink_model
 
 def removal_masks(model: nn.Module, remove: dict[str, list[int]],
                   example_inputs: ExampleInputs) -> dict[str, torch.Tensor]:
-    """Express unit removals as masks: zero the removed units' outgoing input slices in every consumer.
+    """Express unit removals as masks: zero the removed units' input slices in every consumer, and their rows in
+    every producer (depthwise convs included).
 
-    Zeroing what the consumers read (rather than the producers' rows) is exactly what physical removal computes:
-    a removed channel's BN still emits a constant, which removal drops and the consumer-side mask drops too.
+    Zeroing what the consumers read is what makes the masked model compute what physical removal computes (a
+    removed channel's BN still emits a constant, which removal drops and the consumer-side mask drops too); zeroing
+    the producers' rows as well makes the masked model hold exactly the non-zero weights the shrunk one keeps.
     """
     graph = build(model, example_inputs)
     parameters = dict(model.named_parameters())
     masks: dict[str, torch.Tensor] = {}
+
+    def mask_of(layer: str) -> torch.Tensor:
+        name = f"{layer}.weight"
+        return masks.setdefault(name, torch.ones_like(parameters[name], dtype=torch.bool))
+
     for layer, indices in remove.items():
         group = graph.group_of(layer)
+        for producer in group.producers:
+            mask_of(producer)[list(indices)] = False
         for consumer, per_channel in graph.consumer_slices(group.root).items():
-            name = f"{consumer}.weight"
-            mask = masks.setdefault(name, torch.ones_like(parameters[name], dtype=torch.bool))
-            for index in indices:
-                mask[:, per_channel[index]] = False
+            mask_of(consumer)[:, sorted(i for index in indices for i in per_channel[index])] = False
     return masks
 
 

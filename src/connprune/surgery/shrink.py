@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -261,74 +262,123 @@ def _channels_read(mask: torch.Tensor, per_channel: list[list[int]]) -> torch.Te
     return torch.tensor([bool(live_columns[s].any()) for s in per_channel], dtype=torch.bool)
 
 
+def _foldable_channels(consumer: nn.Module, inputs: torch.Tensor, per_channel: list[list[int]]) -> torch.Tensor:
+    """For each channel: whether ``consumer`` can absorb what it reads of it exactly (the vectorised test of
+    :func:`_contribution`: the same value on both probe samples; for a conv also zero, or spatially constant without
+    zero padding). ``inputs`` holds the consumer's input on two samples."""
+    weight = consumer.weight.detach()
+    found = torch.zeros(len(per_channel), dtype=torch.bool)
+    by_size: dict[int, list[int]] = {}
+    for channel, columns in enumerate(per_channel):
+        by_size.setdefault(len(columns), []).append(channel)
+    for size, channels in by_size.items():
+        if size == 0:
+            found[channels] = True
+            continue
+        index = torch.tensor([per_channel[c] for c in channels], dtype=torch.long, device=inputs.device)
+        part = inputs[:, index]  # (2, channels, size, *spatial)
+        flat = part.flatten(2)
+        ok = (flat[0] == flat[1]).all(dim=1)
+        if not isinstance(consumer, nn.Linear):
+            zero = ~flat[0].any(dim=1)
+            uniform = (flat[0] == flat[0][:, :1]).all(dim=1)
+            ok &= zero | (uniform & _no_padding(consumer))
+        reads = weight.transpose(0, 1)[index.cpu() if weight.device.type == "cpu" else index].flatten(1).any(dim=1)
+        found[channels] = (ok.cpu() | ~reads.cpu())
+    return found
+
+
+class _DeadUnits:
+    """The fixed-point search of :func:`_dead` over per-layer live-weight masks (``effective``)."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph,
+                 captured: dict[str, torch.Tensor], probe_masks: Mapping[str, torch.Tensor] | None) -> None:
+        self.model, self.graph, self.captured = model, graph, captured
+        self.probe_masks = masks if probe_masks is None else probe_masks
+        modules = dict(model.named_modules())
+        self.modules = modules
+        self.effective = {layer: masks[f"{layer}.weight"].to(torch.bool).cpu().clone() if f"{layer}.weight" in masks
+                          else torch.ones(modules[layer].weight.shape, dtype=torch.bool) for layer in graph.layers}
+        self.removed = {g.root: torch.zeros(g.channels, dtype=torch.bool) for g in graph.groups}
+        self._foldable: dict[str, torch.Tensor] = {}
+
+    def drop(self, group: ChannelGroup, channels: list[int]) -> None:
+        """Mark ``channels`` removed: their producers' rows and consumers' columns count as masked."""
+        self.removed[group.root][channels] = True
+        for producer in group.producers:
+            self.effective[producer][channels] = False
+        for consumer, per_channel in self.graph.consumer_slices(group.root).items():
+            self.effective[consumer][:, sorted(i for c in channels for i in per_channel[c])] = False
+
+    def foldable(self, group: ChannelGroup, live_reads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per channel: every consumer whose live weights read it can absorb its constant value."""
+        if not self.captured:
+            consumers = {c for g in self.graph.groups if not g.residual for c in self.graph.consumer_slices(g.root)}
+            self.captured.update(_capture(self.model, self.graph, consumers, self.probe_masks))
+        result = torch.ones(group.channels, dtype=torch.bool)
+        for consumer, per_channel in self.graph.consumer_slices(group.root).items():
+            key = f"{group.root}→{consumer}"
+            if key not in self._foldable:
+                self._foldable[key] = _foldable_channels(self.modules[consumer], self.captured[consumer], per_channel)
+            result &= self._foldable[key] | ~live_reads[consumer]
+        return result
+
+    def step(self, group: ChannelGroup, unread: set[int], constant: set[int]) -> bool:
+        """Mark the group's newly unread and constant channels; whether any were."""
+        live_reads = {consumer: _channels_read(self.effective[consumer], per_channel)
+                      for consumer, per_channel in self.graph.consumer_slices(group.root).items()}
+        read = torch.zeros(group.channels, dtype=torch.bool)
+        for value in live_reads.values():
+            read |= value
+        newly_unread = torch.nonzero(~read & ~self.removed[group.root]).flatten().tolist()
+        if newly_unread:
+            unread.update(newly_unread)
+            self.drop(group, newly_unread)
+        if group.residual:
+            return bool(newly_unread)
+        silent = torch.zeros(group.channels, dtype=torch.bool)
+        for producer in group.producers:
+            silent |= ~self.effective[producer].flatten(1).any(dim=1)
+        candidates = silent & ~self.removed[group.root]
+        if not bool(candidates.any()):
+            return bool(newly_unread)
+        if newly_unread:  # the dropped channels changed what the consumers read live
+            live_reads = {consumer: _channels_read(self.effective[consumer], per_channel)
+                          for consumer, per_channel in self.graph.consumer_slices(group.root).items()}
+        folded = torch.nonzero(candidates & self.foldable(group, live_reads)).flatten().tolist()
+        if folded:
+            constant.update(folded)
+            self.drop(group, folded)
+        return bool(newly_unread or folded)
+
+
 def _dead(model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph, captured: dict[str, torch.Tensor],
           seed: Mapping[str, set[int]] | None = None,
           protect: Mapping[str, set[int]] | None = None,
-          ghost: Mapping[str, set[int]] | None = None) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+          ghost: Mapping[str, set[int]] | None = None,
+          probe_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """(never-read, constant) channels per group root, by the rule in the module docstring, to a fixed point.
 
-    ``captured``: consumer inputs of the masked model (:func:`_capture`), filled lazily when empty. ``seed``:
-    channels removed anyway (explicit removals; the captured inputs must reflect them), which count as masked from
-    the start. ``protect``: channels never to mark. ``ghost``: channels kept although nothing reads them: they count
-    as removed (their rows read nothing) but are not reported.
+    ``captured``: consumer inputs of the masked model (:func:`_capture`, with ``probe_masks`` if given), filled
+    lazily when empty. ``seed``: channels removed anyway (explicit removals; the captured inputs must reflect them),
+    which count as masked from the start. ``protect``: channels never to mark. ``ghost``: channels kept although
+    nothing reads them: they count as removed (their rows read nothing) but are not reported.
     """
-    modules = dict(model.named_modules())
-    effective = {}
-    for layer in graph.layers:
-        weight = modules[layer].weight
-        mask = masks.get(f"{layer}.weight")
-        effective[layer] = mask.to(torch.bool).cpu().clone() if mask is not None else \
-            torch.ones(weight.shape, dtype=torch.bool)
+    search = _DeadUnits(model, masks, graph, captured, probe_masks)
     unread: dict[str, set[int]] = {g.root: set() for g in graph.groups}
     constant: dict[str, set[int]] = {g.root: set() for g in graph.groups}
-    removed = {g.root: torch.zeros(g.channels, dtype=torch.bool) for g in graph.groups}
     for root, channels in (protect or {}).items():
-        removed[root][sorted(channels)] = True  # never considered (they are not dropped either)
-
-    def foldable(group: ChannelGroup, channel: int) -> bool:
-        if not captured:
-            consumers = {c for g in graph.groups if not g.residual for c in graph.consumer_slices(g.root)}
-            captured.update(_capture(model, graph, consumers, masks))
-        # a consumer whose live weights no longer read the channel takes nothing from it
-        return all(_contribution(modules[c], captured[c], per_channel[channel]) is not None
-                   for c, per_channel in graph.consumer_slices(group.root).items()
-                   if bool(effective[c][:, per_channel[channel]].any()))
-
-    def drop(group: ChannelGroup, channel: int) -> None:
-        removed[group.root][channel] = True
-        for producer in group.producers:
-            effective[producer][channel] = False
-        for consumer, per_channel in graph.consumer_slices(group.root).items():
-            effective[consumer][:, per_channel[channel]] = False
-
+        search.removed[root][sorted(channels)] = True  # never considered (they are not dropped either)
     for kept in (seed, ghost):
         for root, channels in (kept or {}).items():
-            for channel in channels:
-                drop(graph.group_by_root(root), channel)
+            if channels:
+                search.drop(graph.group_by_root(root), sorted(channels))
     changed = True
     while changed:  # marking a channel only changes other groups' vectors, so each group is checked at once
         changed = False
         for group in graph.groups:
-            slices = graph.consumer_slices(group.root)
-            if not slices:
-                continue
-            read = torch.zeros(group.channels, dtype=torch.bool)
-            for consumer, per_channel in slices.items():
-                read |= _channels_read(effective[consumer], per_channel)
-            for channel in torch.nonzero(~read & ~removed[group.root]).flatten().tolist():
-                unread[group.root].add(channel)
-                drop(group, channel)
-                changed = True
-            if group.residual:
-                continue
-            silent = torch.zeros(group.channels, dtype=torch.bool)
-            for producer in group.producers:
-                silent |= ~effective[producer].flatten(1).any(dim=1)
-            for channel in torch.nonzero(silent & ~removed[group.root]).flatten().tolist():
-                if foldable(group, channel):
-                    constant[group.root].add(channel)
-                    drop(group, channel)
-                    changed = True
+            if graph.consumer_slices(group.root):
+                changed |= search.step(group, unread[group.root], constant[group.root])
     return unread, constant
 
 
@@ -399,31 +449,79 @@ def remove_units(model: nn.Module, remove: Mapping[str, Any], example_inputs: Ex
     return model
 
 
-def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: ExampleInputs, *,
-           remove: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """Multiply ``masks`` in, remove dead units (see module docstring) and ``remove``, fold constants, cut.
+@dataclass
+class RemovalPlan:
+    """What :func:`shrink` will remove, decided without touching the model (:func:`plan_removal`)."""
 
-    Returns the model (modified in place) and the masks re-indexed for the smaller tensors, all-True masks dropped.
-    In eval mode the result computes what the masked model computes (``remove``'s units dropped) up to rounding.
-    """
-    masks = check_masks(model, masks)
-    graph = build(model, example_inputs)
-    requested = _plan(graph, remove or {})  # validate everything before touching the model
-    parameters = dict(model.named_parameters())
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
-        # what removal computes: the consumers no longer read the removed channels
-        for root, channels in requested.items():
+    graph: ModelGraph
+    requested: dict[str, set[int]]
+    """Group root → channels removed because the result asked for them."""
+    remove: dict[str, set[int]]
+    """Group root → every channel that goes (requested ∪ never read ∪ constant, one channel of each group kept)."""
+    fold: dict[str, set[int]]
+    """Group root → the constant channels whose contribution is folded into their consumers first."""
+    unread: dict[str, set[int]] = field(default_factory=dict)
+    """Group root → the removed channels no consumer reads (rule (a) of the module docstring)."""
+    captured: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Consumer inputs of the masked model (two probe samples), measured while planning."""
+
+    def unread_rows(self) -> dict[str, torch.Tensor]:
+        """Conv/linear weight name → bool tensor of the rows (all incoming weights) of its removed unread units."""
+        found = {}
+        for root, channels in self.unread.items():
+            for producer in self.graph.group_by_root(root).producers:
+                weight = self.graph.model.get_submodule(producer).weight
+                rows = torch.zeros(weight.shape, dtype=torch.bool)
+                rows[sorted(channels)] = True
+                found[f"{producer}.weight"] = rows
+        return found
+
+    def surviving(self) -> dict[str, torch.Tensor]:
+        """Conv/linear weight name → bool tensor of its shape: the entries the shrunk model still has (rows of kept
+        output units, columns of kept input channels). Entries of layers outside the graph all survive."""
+        graph, found = self.graph, {}
+        for layer in graph.layers:
+            weight = graph.model.get_submodule(layer).weight
+            keep = torch.ones(weight.shape, dtype=torch.bool)
+            group = graph.producer_group(layer)
+            if group is not None and self.remove.get(group.root):
+                keep[sorted(self.remove[group.root])] = False
+            found[f"{layer}.weight"] = keep
+        for root, channels in self.remove.items():
             for consumer, per_channel in graph.consumer_slices(root).items():
                 columns = sorted(i for channel in channels for i in per_channel[channel])
-                modules[consumer].weight[:, columns] = 0.0
-    captured: dict[str, torch.Tensor] = {}  # consumer inputs of the masked model, before any folding
+                found[f"{consumer}.weight"][:, columns] = False
+        return found
+
+
+def _requested_columns(graph: ModelGraph, requested: Mapping[str, set[int]],
+                       masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``masks`` with the consumer columns of explicitly removed channels masked too (what removal computes)."""
+    combined = dict(masks)
+    modules = dict(graph.model.named_modules())
+    for root, channels in requested.items():
+        for consumer, per_channel in graph.consumer_slices(root).items():
+            name = f"{consumer}.weight"
+            mask = combined.get(name, torch.ones(modules[consumer].weight.shape, dtype=torch.bool)).clone()
+            mask[:, sorted(i for channel in channels for i in per_channel[channel])] = False
+            combined[name] = mask
+    return combined
+
+
+def plan_removal(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: ExampleInputs, *,
+                 remove: Mapping[str, Any] | None = None, graph: ModelGraph | None = None) -> RemovalPlan:
+    """The channels :func:`shrink` removes for ``masks`` and ``remove`` (module docstring), without modifying the
+    model: dead units to a fixed point, and never a whole group (one channel kept, exact either way)."""
+    masks = check_masks(model, masks)
+    graph = _graph_for(model, example_inputs, graph)
+    requested = _plan(graph, remove or {})
+    captured: dict[str, torch.Tensor] = {}
     protect: dict[str, set[int]] = {}
     ghost: dict[str, set[int]] = {}
+    probe_masks = _requested_columns(graph, requested, masks) if requested else masks
     while True:
-        unread, constant = _dead(model, masks, graph, captured, seed=requested, protect=protect, ghost=ghost)
+        unread, constant = _dead(model, masks, graph, captured, seed=requested, protect=protect, ghost=ghost,
+                                 probe_masks=probe_masks)
         emptied = [g for g in graph.groups
                    if len(requested.get(g.root, set()) | unread[g.root] | constant[g.root]) >= g.channels]
         if not emptied:
@@ -438,10 +536,27 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: 
         else:
             protect.setdefault(group.root, set()).add(min(allowed))
     plan = {g.root: requested.get(g.root, set()) | unread[g.root] | constant[g.root] for g in graph.groups}
-    plan = {root: channels for root, channels in plan.items() if channels}
     fold = {root: channels - requested.get(root, set()) for root, channels in constant.items()}
-    fold = {root: channels for root, channels in fold.items() if channels}
-    if fold:
-        _fold(model, graph, fold, captured, plan)
-    record = _prune(graph, plan)
+    return RemovalPlan(graph=graph, requested=requested, remove={r: c for r, c in plan.items() if c},
+                       fold={r: c for r, c in fold.items() if c}, captured=captured,
+                       unread={r: c - requested.get(r, set()) for r, c in unread.items() if c - requested.get(r, set())})
+
+
+def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: ExampleInputs, *,
+           remove: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Multiply ``masks`` in, remove dead units (see module docstring) and ``remove``, fold constants, cut.
+
+    Returns the model (modified in place) and the masks re-indexed for the smaller tensors, all-True masks dropped.
+    In eval mode the result computes what the masked model computes (``remove``'s units dropped) up to rounding.
+    """
+    masks = check_masks(model, masks)
+    plan = plan_removal(model, masks, example_inputs, remove=remove)
+    graph = plan.graph
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in _requested_columns(graph, plan.requested, masks).items():
+            parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
+    if plan.fold:
+        _fold(model, graph, plan.fold, plan.captured, plan.remove)
+    record = _prune(graph, plan.remove)
     return model, _reindex(masks, record, dict(model.named_parameters()))
