@@ -252,9 +252,15 @@ def _absorb(graph: ModelGraph, name: str, shift: torch.Tensor) -> None:
 # -------------------------------------------------------------------------------------------------------- dead units
 
 
+def _live_columns(mask: torch.Tensor) -> torch.Tensor:
+    """For each input column (dim 1) of a weight-shaped mask: whether any entry of it is set."""
+    live = mask.any(dim=0)
+    return live.flatten(1).any(dim=1) if live.dim() > 1 else live
+
+
 def _channels_read(mask: torch.Tensor, per_channel: list[list[int]]) -> torch.Tensor:
     """For each group channel: whether any live (unmasked) weight of the consumer reads it."""
-    live_columns = mask.transpose(0, 1).flatten(1).any(dim=1)
+    live_columns = _live_columns(mask)
     if any(not s for s in per_channel):  # pragma: no cover - a channel without columns: count it as read
         return torch.tensor([not s or bool(live_columns[s].any()) for s in per_channel], dtype=torch.bool)
     if len({len(s) for s in per_channel}) == 1:
@@ -283,8 +289,8 @@ def _foldable_channels(consumer: nn.Module, inputs: torch.Tensor, per_channel: l
             zero = ~flat[0].any(dim=1)
             uniform = (flat[0] == flat[0][:, :1]).all(dim=1)
             ok &= zero | (uniform & _no_padding(consumer))
-        reads = weight.transpose(0, 1)[index.cpu() if weight.device.type == "cpu" else index].flatten(1).any(dim=1)
-        found[channels] = (ok.cpu() | ~reads.cpu())
+        reads = _live_columns(weight != 0).cpu()[index.cpu()].any(dim=1)
+        found[channels] = ok.cpu() | ~reads
     return found
 
 
@@ -292,7 +298,8 @@ class _DeadUnits:
     """The fixed-point search of :func:`_dead` over per-layer live-weight masks (``effective``)."""
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph,
-                 captured: dict[str, torch.Tensor], probe_masks: Mapping[str, torch.Tensor] | None) -> None:
+                 captured: dict[str, torch.Tensor], probe_masks: Mapping[str, torch.Tensor] | None,
+                 foldable: dict[str, torch.Tensor]) -> None:
         self.model, self.graph, self.captured = model, graph, captured
         self.probe_masks = masks if probe_masks is None else probe_masks
         modules = dict(model.named_modules())
@@ -300,15 +307,18 @@ class _DeadUnits:
         self.effective = {layer: masks[f"{layer}.weight"].to(torch.bool).cpu().clone() if f"{layer}.weight" in masks
                           else torch.ones(modules[layer].weight.shape, dtype=torch.bool) for layer in graph.layers}
         self.removed = {g.root: torch.zeros(g.channels, dtype=torch.bool) for g in graph.groups}
-        self._foldable: dict[str, torch.Tensor] = {}
+        self._foldable = foldable
+        """Per (group, consumer): which channels the consumer can absorb (depends on the captured inputs only)."""
 
     def drop(self, group: ChannelGroup, channels: list[int]) -> None:
         """Mark ``channels`` removed: their producers' rows and consumers' columns count as masked."""
         self.removed[group.root][channels] = True
+        rows = torch.tensor(channels, dtype=torch.long)
         for producer in group.producers:
-            self.effective[producer][channels] = False
+            self.effective[producer].index_fill_(0, rows, False)
         for consumer, per_channel in self.graph.consumer_slices(group.root).items():
-            self.effective[consumer][:, sorted(i for c in channels for i in per_channel[c])] = False
+            columns = torch.tensor([i for c in channels for i in per_channel[c]], dtype=torch.long)
+            self.effective[consumer].index_fill_(1, columns, False)
 
     def foldable(self, group: ChannelGroup, live_reads: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per channel: every consumer whose live weights read it can absorb its constant value."""
@@ -356,7 +366,8 @@ def _dead(model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph
           seed: Mapping[str, set[int]] | None = None,
           protect: Mapping[str, set[int]] | None = None,
           ghost: Mapping[str, set[int]] | None = None,
-          probe_masks: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+          probe_masks: Mapping[str, torch.Tensor] | None = None,
+          foldable: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """(never-read, constant) channels per group root, by the rule in the module docstring, to a fixed point.
 
     ``captured``: consumer inputs of the masked model (:func:`_capture`, with ``probe_masks`` if given), filled
@@ -364,7 +375,7 @@ def _dead(model: nn.Module, masks: Mapping[str, torch.Tensor], graph: ModelGraph
     which count as masked from the start. ``protect``: channels never to mark. ``ghost``: channels kept although
     nothing reads them: they count as removed (their rows read nothing) but are not reported.
     """
-    search = _DeadUnits(model, masks, graph, captured, probe_masks)
+    search = _DeadUnits(model, masks, graph, captured, probe_masks, {} if foldable is None else foldable)
     unread: dict[str, set[int]] = {g.root: set() for g in graph.groups}
     constant: dict[str, set[int]] = {g.root: set() for g in graph.groups}
     for root, channels in (protect or {}).items():
@@ -519,22 +530,23 @@ def plan_removal(model: nn.Module, masks: Mapping[str, torch.Tensor], example_in
     protect: dict[str, set[int]] = {}
     ghost: dict[str, set[int]] = {}
     probe_masks = _requested_columns(graph, requested, masks) if requested else masks
+    foldable: dict[str, torch.Tensor] = {}
     while True:
         unread, constant = _dead(model, masks, graph, captured, seed=requested, protect=protect, ghost=ghost,
-                                 probe_masks=probe_masks)
+                                 probe_masks=probe_masks, foldable=foldable)
         emptied = [g for g in graph.groups
                    if len(requested.get(g.root, set()) | unread[g.root] | constant[g.root]) >= g.channels]
         if not emptied:
             break
-        # never empty a group: keep one channel of the first emptied group (exact either way) and redo, since a
-        # kept channel may keep later groups alive. An unread channel is kept as a ghost: nobody reads it, so its
-        # value does not matter and it blocks no other removal; else a constant one stays as it is.
-        group = emptied[0]
-        allowed = set(range(group.channels)) - requested.get(group.root, set())
-        if allowed & unread[group.root]:
-            ghost.setdefault(group.root, set()).add(min(allowed & unread[group.root]))
-        else:
-            protect.setdefault(group.root, set()).add(min(allowed))
+        # never empty a group: keep one channel of every emptied group (exact either way) and redo, since a kept
+        # channel may keep later groups alive. An unread channel is kept as a ghost: nobody reads it, so its value
+        # does not matter and it blocks no other removal; else a constant one stays as it is.
+        for group in emptied:
+            allowed = set(range(group.channels)) - requested.get(group.root, set())
+            if allowed & unread[group.root]:
+                ghost.setdefault(group.root, set()).add(min(allowed & unread[group.root]))
+            else:
+                protect.setdefault(group.root, set()).add(min(allowed))
     plan = {g.root: requested.get(g.root, set()) | unread[g.root] | constant[g.root] for g in graph.groups}
     fold = {root: channels - requested.get(root, set()) for root, channels in constant.items()}
     return RemovalPlan(graph=graph, requested=requested, remove={r: c for r, c in plan.items() if c},
