@@ -87,9 +87,11 @@ class KFACParams(MethodParams):
     budget: Literal["weights", "neurons"] = "weights"
     """What --sparsity measures: the fraction of prunable weights (contract) or of neurons per prunable layer."""
     prune_first_conv: bool = False
+    """Also prune the output channels of the network's first convolution (left whole by default)."""
     prune_residual: bool = False
     """Also prune residual-stream channels (all coupled producers drop the same channel)."""
     min_neurons: int = Field(1, ge=1)
+    """Fewest neurons (channels) every pruned layer keeps."""
     diagnostic_samples: int = Field(256, ge=1)
     """Training images on which the final ρ̂ (exact-expectation Fisher, eval mode) is measured."""
     exact_eigenvalue: bool = False
