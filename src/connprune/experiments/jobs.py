@@ -271,11 +271,40 @@ def prune_model(
         "train_epochs": train_epochs, "params": method.params.model_dump(),
         **{k: v for k, v in result.info.items() if k != "masked_sparsity"},
     }
+    metrics.update(chance_warning(method, sparsity, acc_before, acc_after, info.num_classes, train_epochs))
     if shift != "none":
         metrics["shift_acc_before"], metrics["shift_acc_after"] = shift_before, shift_after
         for when, shifted, clean in (("before", shift_before, acc_before), ("after", shift_after, acc_after)):
             metrics.update({f"{k}_{when}": v for k, v in robustness(shifted, clean).items()})
     return model, masks, metrics
+
+
+CHANCE_MARGIN = 0.02
+"""How far above chance (1 / classes) an accuracy may be and still count as "at chance" (at least; for many classes
+half the chance level: 1/C + max(0.02, 0.5/C))."""
+
+
+def chance_warning(method: methods.PruningMethod, sparsity: float | str, acc_before: float, acc_after: float,
+                   num_classes: int, epochs: int) -> dict[str, str]:
+    """``{"warning": text}`` when the pruned model ends at chance accuracy, naming the likely cause; else ``{}``.
+
+    Causes considered, in this order: the model was at chance before pruning (a method that prunes a trained model);
+    too few epochs for a method that prunes at initialisation or while training; a very high sparsity; else the
+    learning rate."""
+    chance = 1.0 / num_classes
+    if acc_after > chance + max(CHANCE_MARGIN, 0.5 * chance):
+        return {}
+    causes = []
+    if method.needs_trained and acc_before <= chance + max(CHANCE_MARGIN, 0.5 * chance):
+        causes.append(f"the model was at chance before pruning too (accuracy {acc_before:.3f}): train it longer")
+    if not method.needs_trained:
+        causes.append(f"too few epochs ({epochs}) for a method that prunes at initialisation or while training: "
+                      "raise --epochs")
+    if isinstance(sparsity, float) and sparsity >= 0.9:
+        causes.append(f"too high a sparsity ({sparsity:g}): try a lower --sparsity")
+    causes.append("a learning rate that does not suit the pruned model (lr in a config's train: section)")
+    return {"warning": f"{method.name}: accuracy after pruning {acc_after:.3f} is at chance (1/{num_classes} = "
+                       f"{chance:.3f}); likely causes: {'; '.join(causes)}"}
 
 
 def _epochs_after(method: methods.PruningMethod, result: methods.PruningResult, train_epochs: int) -> int:
@@ -288,6 +317,7 @@ def _epochs_after(method: methods.PruningMethod, result: methods.PruningResult, 
 
 def _model_to_prune(job: PruneJob, method: methods.PruningMethod) -> tuple[nn.Module, str, int, dict]:
     """(model, data set name, epochs to train after surgery, masks it already carries) for ``job``."""
+    _check_prune_flags(job, method)
     if method.needs_trained:
         if job.checkpoint is None:
             raise UserError(f"method {job.method!r} prunes a trained model: pass --checkpoint DIR "
@@ -299,6 +329,7 @@ def _model_to_prune(job: PruneJob, method: methods.PruningMethod) -> tuple[nn.Mo
         data_name = job.data or loaded.meta.get("data", {}).get("name")
         if not data_name:
             raise UserError(f"{job.checkpoint}/model.json does not name its data set; pass --data NAME")
+        check_data_fits(loaded, data_name, job.checkpoint)
         return apply_masks(loaded.model, loaded.masks), data_name, job.finetune_epochs, loaded.masks
     if job.model is None or job.data is None:
         raise UserError(f"method {job.method!r} prunes at initialisation: pass --model NAME --data NAME "
@@ -306,6 +337,41 @@ def _model_to_prune(job: PruneJob, method: methods.PruningMethod) -> tuple[nn.Mo
     model = build_model(job.model, data.info(job.data), job.seed, **job.model_options)
     epochs = job.epochs if job.epochs is not None else default_recipe(job.data).epochs
     return model, job.data, epochs, {}
+
+
+def _check_prune_flags(job: PruneJob, method: methods.PruningMethod) -> None:
+    """UserError for flags ``method`` would ignore: ``--model``/``--epochs`` with a method that prunes a trained
+    ``--checkpoint``; ``--checkpoint``/``--finetune-epochs`` with one that prunes a fresh model."""
+    if method.needs_trained:
+        ignored = [flag for flag, value in (("--model", job.model), ("--epochs", job.epochs)) if value is not None]
+        if ignored and job.checkpoint is not None:
+            raise UserError(f"method {job.method!r} prunes the trained model of --checkpoint, so "
+                            f"{' and '.join(ignored)} would be ignored; drop {' and '.join(ignored)} (fine-tune "
+                            "after pruning with --finetune-epochs N)")
+    else:
+        ignored = [flag for flag, value in (("--checkpoint", job.checkpoint), ("--finetune-epochs",
+                                                                                 job.finetune_epochs or None))
+                   if value is not None]
+        if ignored:
+            raise UserError(f"method {job.method!r} prunes a fresh --model at initialisation (or while training it), "
+                            f"so {' and '.join(ignored)} would be ignored; drop {' and '.join(ignored)} (it trains "
+                            "--epochs N after pruning)")
+
+
+def check_data_fits(loaded: checkpoint.Checkpoint, name: str, where: str | Path) -> None:
+    """UserError unless data set ``name`` has the input shape and classes of the checkpoint's model (read from its
+    ``model.json``), naming the data set it was trained on."""
+    config = loaded.meta.get("config", {})
+    if not {"in_channels", "input_size", "num_classes"} <= set(config):
+        return  # not a zoo config: nothing to compare with
+    wanted = data.info(name)
+    shape = (config["in_channels"], config["input_size"], config["input_size"])
+    if tuple(wanted.input_shape) == shape and wanted.num_classes == config["num_classes"]:
+        return
+    trained = loaded.meta.get("data", {}).get("name") or "another data set"
+    raise UserError(f"{where} was trained on {trained} ({'×'.join(map(str, shape))} images, {config['num_classes']} "
+                    f"classes) but {name} has {'×'.join(map(str, wanted.input_shape))} images and "
+                    f"{wanted.num_classes} classes; use --data {trained} (or drop --data) or a data set of that shape")
 
 
 def prune_job(job: PruneJob) -> dict[str, Any]:
@@ -340,6 +406,7 @@ def evaluate_job(job: EvalJob) -> tuple[dict[str, Any], list[list[Any]], str]:
     name = job.data or loaded.meta.get("data", {}).get("name")
     if not name:
         raise UserError(f"{job.checkpoint}/model.json does not name its data set; pass --data NAME")
+    check_data_fits(loaded, name, job.checkpoint)
     test_data = data.load(name, "test", job.data_dir)
     result: dict[str, Any] = dict(evaluate(loaded.model, test_data))
     shifted = evaluate_shift(loaded.model, test_data, job.shift, data_dir=job.data_dir, seed=job.seed)
@@ -381,5 +448,6 @@ def _connectivity_rows(job: EvalJob, loaded: checkpoint.Checkpoint, shape: tuple
     return rows + [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
 
 
-__all__ = ["EvalJob", "HEAT_T_MULTIPLES", "PruneJob", "TrainJob", "build_model", "evaluate_job",
-           "parse_param_values", "parse_sparsity", "prune_job", "prune_model", "train_dense"]
+__all__ = ["CHANCE_MARGIN", "EvalJob", "HEAT_T_MULTIPLES", "PruneJob", "TrainJob", "build_model", "chance_warning",
+           "check_data_fits", "evaluate_job", "parse_param_values", "parse_sparsity", "prune_job", "prune_model",
+           "train_dense"]
