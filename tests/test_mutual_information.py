@@ -16,21 +16,9 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.stats import spearmanr
 
 from connprune.measure import mutual_information as mi
-from connprune.measure.mutual_information import (
-    conditional_mi,
-    edge_base,
-    edge_base_batched,
-    edge_cmi,
-    edge_cmi_batched,
-    edge_mi,
-    edge_mi_batched,
-    ensemble_weights,
-    gaussian_cmi_linear,
-    gaussian_mi,
-    ksg_cmi,
-    ksg_mi,
-    mst_cmi,
-)
+from connprune.measure.mutual_information import (conditional_mi, edge_base, edge_base_batched, edge_cmi,
+                                                  edge_cmi_batched, edge_mi, edge_mi_batched, ensemble_weights,
+                                                  gaussian_cmi_linear, gaussian_mi, ksg_cmi, ksg_mi, mst_cmi)
 
 
 def gaussian_pair(rho: float, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -218,9 +206,10 @@ def test_cmi_ranking_with_shared_z_projection():
     x = parents @ a + rng.standard_normal(n)
     others = np.stack([np.delete(parents, p, axis=1) for p in range(k)])  # (16, N, 15)
     xs = np.broadcast_to(x, (k, n))
-    est = edge_cmi_batched(xs, parents.T, others, z_dim=1)
-    rho = spearmanr(est.numpy(), gaussian_cmi_linear(a)).statistic
-    assert rho >= 0.85, (rho, est)
+    for conditioning, z_dim in (("random", 1), ("regression", "auto")):
+        est = edge_cmi_batched(xs, parents.T, others, conditioning=conditioning, z_dim=z_dim)
+        rho = spearmanr(est.numpy(), gaussian_cmi_linear(a)).statistic
+        assert rho >= 0.85, (conditioning, rho, est)
 
 
 # -------------------------------------------------------------------------------------------- batched == looped
@@ -348,12 +337,13 @@ def test_timing_edge_vs_ksg_printed():
 
 # ------------------------------------------------------------------------------------------- layer-pair matrices
 def test_edge_cmi_matrix_equals_per_cell_chain_rule_with_the_shared_projection():
-    """Each cell of the matrix is edge_cmi_batched(A_c, A_p, z_p) with z_p = S·g − S_p·g_p (EDGE spec §3.4)."""
+    """``conditioning="random"``: each cell is edge_cmi_batched(A_c, A_p, z_p) with z_p = S·g − S_p·g_p (EDGE spec
+    §3.4)."""
     rng = np.random.default_rng(0)
     parent = torch.as_tensor(rng.standard_normal((800, 6)))
     child = torch.as_tensor(parent.numpy() @ rng.standard_normal((6, 4)) + rng.standard_normal((800, 4)))
     cl, pl = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1, 2, 2])
-    matrix = mi.edge_cmi_matrix(child, parent, cl, pl, seed=3, cells_per_call=2)
+    matrix = mi.edge_cmi_matrix(child, parent, cl, pl, seed=3, cells_per_call=2, conditioning="random")
     standard = mi._standardise(parent.unsqueeze(0))[0]
     g = torch.randn(6, 1, generator=torch.Generator().manual_seed(3 + 1_000_003), dtype=torch.float64)
     for c in range(2):
@@ -424,7 +414,7 @@ def test_edge_cmi_matrix_with_wide_groups_matches_per_cell_estimates():
     parent = torch.as_tensor(rng.standard_normal((600, 16)))
     child = torch.as_tensor(parent.numpy()[:, ::-1] + rng.standard_normal((600, 16)))
     labels = torch.arange(2).repeat_interleave(8)
-    matrix = mi.edge_cmi_matrix(child, parent, labels, labels, c=0.5)
+    matrix = mi.edge_cmi_matrix(child, parent, labels, labels, c=0.5, conditioning="random")
     standard = mi._standardise(parent.unsqueeze(0))[0]
     g = torch.randn(16, 1, generator=torch.Generator().manual_seed(1_000_003), dtype=torch.float64)
     for c in range(2):

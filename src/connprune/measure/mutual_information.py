@@ -8,9 +8,11 @@ Estimators
   Gaussian "p-stable" projection), hashed plug-in base estimate (paper eq. 9 with g(u) = u log u), ensemble over
   ``ε(t) = ε0·t`` aggregated by the median (reference code default). Torch, vectorised over many variable pairs,
   device-agnostic (the inputs' device is used throughout).
-* :func:`edge_cmi` / :func:`edge_cmi_batched` — conditional MI by the chain rule ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)`` with
-  one low-dimensional Gaussian projection of Z shared by both terms (docs/methods/edge-mi.md §3.4; *reconstructed: not
-  confirmed from the paper* — EDGE defines only MI).
+* :func:`edge_cmi` / :func:`edge_cmi_batched` — conditional MI by the chain rule ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)``,
+  Z entering both terms as one shared variable: by default the ridge predictions of X and Y from Z
+  (:func:`regression_conditioning`, lossless for Gaussians), optionally after a rank (Gaussian-copula) transform
+  (:func:`normal_scores`) (docs/methods/edge-mi.md §3.4; *reconstructed: not confirmed from the paper* — EDGE defines
+  only MI).
 * :func:`ksg_mi` / :func:`ksg_cmi` — Kraskov–Stögbauer–Grassberger estimator, algorithm 1 (Phys. Rev. E 69, 066138,
   2004, eq. 8) and its conditional form by Frenzel & Pompe (PRL 99, 204101, 2007), max-norm, scipy ``cKDTree``.
   Test oracle and benchmark peer.
@@ -21,13 +23,13 @@ Estimators
 * :func:`edge_cmi_matrix` / :func:`mst_cmi_matrix` — the ``G_child × G_parent`` matrix ``ρ_{c,p} = I(A_c; A_p |
   A_{−p})`` of a layer pair (docs/methods/mint.md §2, docs/methods/snacs.md §2), every cell at once.
 * :func:`conditional_mi` — dispatch by option name: ``"edge"`` (fast), ``"mst"`` (MINT reference), ``"ksg"``.
-* :func:`gaussian_mi`, :func:`gaussian_cmi_linear` — closed forms used by the tests.
+* :func:`gaussian_mi`, :func:`gaussian_cmi_linear`, :func:`gaussian_cmi` — closed forms used by the tests.
 
 Units: nats unless ``base=2`` is given (the EDGE reference code returns bits; docs/methods/edge-mi.md §4, §8).
 
 Choices marked *reconstructed* in docs/methods/edge-mi.md are options here, not the paper's: the ε rule ``ε0 =
 c·N^{-1/(2d)}`` with ``c = 3`` in standard-deviation units (docs/methods/edge-mi.md §3.2 step 3), uniform seeded
-offsets, the chain-rule CMI and its shared Z projection.
+offsets, the chain-rule CMI and its conditioning variable.
 """
 
 from __future__ import annotations
@@ -55,12 +57,15 @@ __all__ = [
     "edge_mi",
     "edge_mi_batched",
     "ensemble_weights",
+    "gaussian_cmi",
     "gaussian_cmi_linear",
     "gaussian_mi",
     "ksg_cmi",
     "ksg_mi",
     "mst_cmi",
     "mst_cmi_matrix",
+    "normal_scores",
+    "regression_conditioning",
 ]
 
 Tensorish = torch.Tensor | np.ndarray
@@ -382,34 +387,123 @@ def edge_mi(x: Tensorish, y: Tensorish, **kwargs) -> float:
 
 
 # -------------------------------------------------------------------------------------------------- EDGE conditional
+Conditioning = Literal["auto", "regression", "random", "none"]
+Transform = Literal["none", "rank"]
+REGRESSION_Z_DIM = 4
+"""``z_dim="auto"`` under regression conditioning: the predictors of X and Y (d_X + d_Y dimensions) are kept whole up
+to this many dimensions, else projected to it (docs/methods/edge-mi.md §3.4)."""
+
+
+def normal_scores(t: torch.Tensor) -> torch.Tensor:
+    """Rank (Gaussian-copula) transform along the sample axis (−2) of a (…, N, d) tensor: ``Φ⁻¹(r/(N+1))`` with r the
+    mid-rank of each value among its coordinate's N samples (ties share their mean rank, so tied values, e.g. the
+    zeros of a ReLU, stay tied). Invariant to any strictly increasing transform of a coordinate
+    (docs/methods/edge-mi.md §3.4 ``transform="rank"``)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    n, d = t.shape[-2], t.shape[-1]
+    rows = t.transpose(-1, -2).reshape(-1, n)
+    values, order = torch.sort(rows, dim=1, stable=True)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    run = torch.cumsum(starts.reshape(-1), 0) - 1  # a run of equal values never spans two rows
+    position = torch.arange(1, n + 1, dtype=torch.float64, device=t.device).repeat(rows.shape[0])
+    mean_rank = torch.zeros(int(run[-1]) + 1, dtype=torch.float64, device=t.device).index_add_(0, run, position)
+    mean_rank = (mean_rank / torch.bincount(run).to(torch.float64))[run].view_as(values)
+    ranks = torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+    scores = math.sqrt(2.0) * torch.erfinv(2.0 * ranks / (n + 1) - 1.0)
+    return scores.view(*t.shape[:-2], d, n).transpose(-1, -2).contiguous()
+
+
+def ridge_strength(ridge: float | Literal["auto"], dz: int, n: int) -> float:
+    """The ridge λ (in units of the standardised variance) of the regression conditioning: ``ridge``, or ``d_Z/N``
+    for ``"auto"`` (mild when N ≫ d_Z, strong where d_Z approaches N)."""
+    return dz / n if ridge == "auto" else float(ridge)
+
+
+def regression_conditioning(xs: torch.Tensor, ys: torch.Tensor, zs: torch.Tensor, *,
+                            ridge: float | Literal["auto"] = "auto") -> torch.Tensor:
+    """(P, N, d_X + d_Y): the ridge predictions of standardised X and Y from standardised Z,
+    ``Ẑ = Z (ZᵀZ/N + λI)⁻¹ Zᵀ[X, Y]/N`` per pair. For jointly Gaussian (X, Y, Z), ``I(X;Y|Ẑ) = I(X;Y|Z)`` (the residuals
+    of X and Y are independent of Z), so conditioning on Ẑ loses nothing; docs/methods/edge-mi.md §3.4."""
+    z = _standardise(zs)
+    n, dz = z.shape[-2], z.shape[-1]
+    eye = torch.eye(dz, dtype=z.dtype, device=z.device)
+    gram = z.transpose(-1, -2) @ z / n + ridge_strength(ridge, dz, n) * eye
+    targets = torch.cat([_standardise(xs), _standardise(ys)], dim=-1)
+    return z @ torch.linalg.solve(gram, z.transpose(-1, -2) @ targets / n)
+
+
+def resolve_conditioning(conditioning: Conditioning, dx: int, dy: int, dz: int) -> str:
+    """``auto``: Z itself when it has at most d_X + d_Y dimensions (nothing to gain by projecting), else regression."""
+    if conditioning not in ("auto", "regression", "random", "none"):
+        raise ValueError(f"conditioning must be 'auto', 'regression', 'random' or 'none'; got {conditioning!r}")
+    if conditioning == "auto":
+        return "none" if dz <= dx + dy else "regression"
+    return conditioning
+
+
+def _reduce(z: torch.Tensor, r: int | None, seed: int) -> torch.Tensor:
+    """Standardise Z and, when ``r`` is below its dimension, project it with the seeded Gaussian matrix shared by both
+    chain-rule terms (and by every cell of a layer)."""
+    z = _standardise(z)
+    if r is not None and r < z.shape[-1]:
+        gen = torch.Generator().manual_seed(seed + 1_000_003)
+        z = _standardise(z @ _gaussian_matrix(z.shape[-1], int(r), gen, z.device))
+    return z
+
+
+def _target_dim(method: str, z_dim: int | Literal["auto"] | None, width: int) -> int | None:
+    """The conditioning variable's dimension: ``random`` → ``z_dim`` (``auto``: 1), ``regression`` → ``z_dim``
+    (``auto``: at most :data:`REGRESSION_Z_DIM`), ``none`` → all of Z."""
+    if method == "none" or z_dim is None:
+        return None
+    if z_dim == "auto":
+        return 1 if method == "random" else min(width, REGRESSION_Z_DIM)
+    return int(z_dim)
+
+
 def edge_cmi_batched(
     xs: Tensorish,
     ys: Tensorish,
     zs: Tensorish | None,
     *,
+    conditioning: Conditioning = "auto",
     z_dim: int | Literal["auto"] | None = "auto",
+    transform: Transform = "none",
+    ridge: float | Literal["auto"] = "auto",
     seed: int = 0,
     **kwargs,
 ) -> torch.Tensor:
     """Chain-rule EDGE CMI ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)`` for every pair (docs/methods/edge-mi.md §3.4,
-    *reconstructed*).
+    *reconstructed*). xs (P, N, dx), ys (P, N, dy), zs (P, N, dz) or None (then plain :func:`edge_mi_batched`).
 
-    xs (P, N, dx), ys (P, N, dy), zs (P, N, dz) or None (then plain :func:`edge_mi_batched`). Z is standardised and
-    projected **once** with a single seeded Gaussian matrix (dz × r_Z) shared by both terms, Y is left unprojected — the
-    probe of docs/methods/edge-mi.md §3.4 found independent projections of (Y,Z) and Z destroyed the ranking. ``z_dim``:
-    ``"auto"`` → r_Z = 1 when dz > 2, else no projection (our choice); an int forces r_Z; None never projects. Remaining
-    keywords go to :func:`edge_mi_batched` (same seed for both terms). Can be negative.
+    ``transform="rank"`` first replaces every coordinate by its normal scores (:func:`normal_scores`), which makes the
+    estimate invariant to monotone transforms of each variable. The conditioning set Z enters both terms as one
+    shared variable:
+
+    - ``"regression"``: the ridge predictions of X and Y from Z (:func:`regression_conditioning`, d_X + d_Y
+      dimensions, exact for Gaussians), projected to ``z_dim`` dimensions (``auto``: at most 4) when wider;
+    - ``"random"``: Z projected with a seeded Gaussian matrix to ``z_dim`` (``auto``: 1) dimensions — the earlier
+      default, which loses whatever of Z the random direction misses;
+    - ``"none"``: Z as it is;
+    - ``"auto"`` (default): ``none`` when d_Z ≤ d_X + d_Y, else ``regression``.
+
+    Remaining keywords go to :func:`edge_mi_batched` (same seed for both terms). Can be negative (estimator noise).
     """
     x = _as_batch(xs, "xs", batched=True)
     y = _as_batch(ys, "ys", batched=True).to(x.device)
+    if transform not in ("none", "rank"):
+        raise ValueError(f"transform must be 'none' or 'rank'; got {transform!r}")
+    if transform == "rank":
+        x, y = normal_scores(x), normal_scores(y)
     if zs is None or torch.as_tensor(zs).numel() == 0:
         return edge_mi_batched(x, y, seed=seed, **kwargs)
-    z = _standardise(_as_batch(zs, "zs", batched=True).to(x.device))
-    dz = z.shape[-1]
-    r = (1 if dz > 2 else None) if z_dim == "auto" else z_dim
-    if r is not None and r < dz:
-        gen = torch.Generator().manual_seed(seed + 1_000_003)
-        z = _standardise(z @ _gaussian_matrix(dz, int(r), gen, z.device))
+    z = _as_batch(zs, "zs", batched=True).to(x.device)
+    z = normal_scores(z) if transform == "rank" else z
+    method = resolve_conditioning(conditioning, x.shape[-1], y.shape[-1], z.shape[-1])
+    if method == "regression":
+        z = regression_conditioning(x, y, z, ridge=ridge)
+    z = _reduce(z, _target_dim(method, z_dim, z.shape[-1]), seed)
     yz = torch.cat([y, z], dim=-1)
     return edge_mi_batched(x, yz, seed=seed, **kwargs) - edge_mi_batched(x, z, seed=seed, **kwargs)
 
@@ -537,6 +631,35 @@ def _group_codes(q: torch.Tensor) -> tuple[torch.Tensor, int]:
     return ids - ids.amin(dim=1, keepdim=True), q.shape[1]
 
 
+def _per_cell_counts(codes: torch.Tensor, space: int) -> torch.Tensor:
+    """(B, N): for every sample, how many samples of its own row share its code (codes in ``[0, space)``); a bincount
+    when the B·space key range is small, else ``unique``."""
+    batch, n = codes.shape
+    key = codes + (torch.arange(batch, device=codes.device) * space)[:, None]
+    if batch * space <= _DENSE_FACTOR * batch * n + (1 << 16):
+        return torch.bincount(key.reshape(-1), minlength=batch * space)[key]
+    _, inverse, counts = torch.unique(key.reshape(-1), return_inverse=True, return_counts=True)
+    return counts[inverse].view(batch, n)
+
+
+def _plugin_terms(n_ij: torch.Tensor, n_i: torch.Tensor, m_j: torch.Tensor, settings: EdgeSettings) -> torch.Tensor:
+    """Per-sample form of EDGE eq. 9, averaged over the samples: ``(1/N) Σ_s log(N_ij(s)·N / (N_i(s)·M_j(s)))``."""
+    n = n_ij.shape[1]
+    term = torch.log(n_ij.to(torch.float64) * n / (n_i.to(torch.float64) * m_j.to(torch.float64)))
+    if settings.base is not None:
+        term = term / math.log(settings.base)
+    if settings.lo is not None or settings.U is not None:
+        term = term.clamp(min=settings.lo, max=settings.U)
+    return term.mean(dim=1)
+
+
+def _own_counts(codes: torch.Tensor, space: int) -> torch.Tensor:
+    """(G, N): samples of the same group sharing each sample's code."""
+    offsets = (torch.arange(codes.shape[0], device=codes.device) * space)[:, None]
+    counts = torch.bincount((codes + offsets).reshape(-1), minlength=codes.shape[0] * space).view(-1, space)
+    return torch.gather(counts, 1, codes)
+
+
 def _edge_mi_grid(xs: torch.Tensor, ys: torch.Tensor, cells_x: torch.Tensor, cells_y: torch.Tensor,
                   settings: EdgeSettings, cells_per_call: int = 256) -> torch.Tensor:
     """``edge_mi_batched(xs[cells_x], ys[cells_y])`` without repeating the groups: xs (Gx, N, dx), ys (Gy, N, dy)
@@ -544,42 +667,118 @@ def _edge_mi_grid(xs: torch.Tensor, ys: torch.Tensor, cells_x: torch.Tensor, cel
     which standardises per pair and shares projections and offsets across pairs), and each cell's plug-in estimate
     is the per-sample form ``(1/N) Σ_s log(N_ij(s)·N / (N_i(s)·M_j(s)))`` of EDGE eq. 9 (equal to the sum over
     dependence-graph edges up to float rounding)."""
-    n = xs.shape[1]
     x, y, ensemble = _hashing_setup(xs, ys, settings)
-    dx, dy = x.shape[-1], y.shape[-1]
     e, bx, by = ensemble.widths, ensemble.offsets_x, ensemble.offsets_y
     cells = len(cells_x)
     stack = torch.empty(settings.n_estimators, cells, dtype=torch.float64, device=x.device)
-    log_base = math.log(settings.base) if settings.base is not None else None
-    lo, U = settings.lo, settings.U
     for member in range(settings.n_estimators):
         cx, kx = _group_codes(torch.floor((x + bx[member]) / e[member]).to(torch.int64))
         cy, ky = _group_codes(torch.floor((y + by[member]) / e[member]).to(torch.int64))
-        offsets_x = (torch.arange(cx.shape[0], device=x.device) * kx)[:, None]
-        offsets_y = (torch.arange(cy.shape[0], device=x.device) * ky)[:, None]
-        count_x = torch.bincount((cx + offsets_x).reshape(-1), minlength=cx.shape[0] * kx).view(-1, kx)
-        count_y = torch.bincount((cy + offsets_y).reshape(-1), minlength=cy.shape[0] * ky).view(-1, ky)
-        n_i = torch.gather(count_x, 1, cx).to(torch.float64)  # (Gx, N): samples sharing each sample's X bucket
-        m_j = torch.gather(count_y, 1, cy).to(torch.float64)
+        n_i, m_j = _own_counts(cx, kx), _own_counts(cy, ky)  # (G, N): samples sharing each sample's bucket
         for start in range(0, cells, cells_per_call):
             gx, gy = cells_x[start : start + cells_per_call], cells_y[start : start + cells_per_call]
-            batch = len(gx)
-            joint = cx[gx] * ky + cy[gy]  # (B, N) in [0, kx·ky)
-            space = kx * ky
-            if batch * space <= _DENSE_FACTOR * batch * n + (1 << 16):
-                key = joint + (torch.arange(batch, device=x.device) * space)[:, None]
-                n_ij = torch.bincount(key.reshape(-1), minlength=batch * space)[key]
-            else:  # space ≤ (4N)², so batch·space stays far below 2**62
-                key = joint + (torch.arange(batch, device=x.device) * space)[:, None]
-                _, inverse, counts = torch.unique(key.reshape(-1), return_inverse=True, return_counts=True)
-                n_ij = counts[inverse].view(batch, n)
-            term = torch.log(n_ij.to(torch.float64) * n / (n_i[gx] * m_j[gy]))
-            if log_base is not None:
-                term = term / log_base
-            if lo is not None or U is not None:
-                term = term.clamp(min=lo, max=U)
-            stack[member, start : start + batch] = term.mean(dim=1)
-    return _aggregate(stack, ensemble, settings, dx + dy)
+            n_ij = _per_cell_counts(cx[gx] * ky + cy[gy], kx * ky)  # joint codes in [0, kx·ky), ≤ (4N)²
+            stack[member, start : start + len(gx)] = _plugin_terms(n_ij, n_i[gx], m_j[gy], settings)
+    return _aggregate(stack, ensemble, settings, x.shape[-1] + y.shape[-1])
+
+
+@dataclass(frozen=True)
+class _RegressionCells:
+    """What the conditioning variable ``Ẑ_{c,p} = [X̂_{c|−p}, Ŷ_{p|−p}]`` of every cell is built from: one ridge
+    regression on *all* parents and, per parent group p, the block-inverse update that drops p's columns.
+
+    With ``G = SᵀS/N + λI``, ``M = G⁻¹``, ``β = M SᵀX/N`` and ``R_p = (S M)[:, p] M_pp⁻¹``: the prediction of a target T
+    from the parents outside p is ``S β_T − R_p β_T[p]``; for the parent group itself it is ``S_p − R_p``. One
+    C × C inverse serves every cell (docs/methods/edge-mi.md §3.4)."""
+
+    xhat: torch.Tensor
+    """(G_child, N, d_X): predictions of each child group from all parents."""
+    correction: torch.Tensor
+    """(G_parent, N, d_Y): ``R_p``."""
+    coef: torch.Tensor
+    """(G_parent, d_Y, G_child, d_X): the rows of p of β, per child group."""
+    yhat: torch.Tensor
+    """(G_parent, N, d_Y): ``Ŷ_{p|−p}``."""
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, parent: torch.Tensor, cl: torch.Tensor, pl: torch.Tensor,
+            ridge: float | Literal["auto"]) -> _RegressionCells:
+        """``x`` (N, C_child) and ``parent`` (N, C_parent), standardised; equal-size groups by ``cl`` / ``pl``."""
+        n, width = parent.shape
+        gram = parent.T @ parent / n + ridge_strength(ridge, width, n) * torch.eye(width, dtype=parent.dtype,
+                                                                                    device=parent.device)
+        inverse = torch.linalg.inv(gram)
+        beta = inverse @ (parent.T @ x) / n  # (C_parent, C_child)
+        child_cols = torch.stack([torch.nonzero(cl == c).squeeze(1) for c in range(int(cl.max()) + 1)])
+        parent_cols = torch.stack([torch.nonzero(pl == p).squeeze(1) for p in range(int(pl.max()) + 1)])
+        blocks = inverse[parent_cols[:, :, None], parent_cols[:, None, :]]  # (Gp, dY, dY): M_pp
+        correction = torch.linalg.solve(blocks, (parent @ inverse)[:, parent_cols].permute(1, 2, 0)).transpose(1, 2)
+        xhat = (parent @ beta)[:, child_cols].permute(1, 0, 2)
+        coef = beta[parent_cols][:, :, child_cols]  # (Gp, dY, Gc, dX)
+        return cls(xhat, correction, coef, parent[:, parent_cols].permute(1, 0, 2) - correction)
+
+    def cells(self, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        """(B, N, d_X + d_Y): ``[X̂_{c|−p}, Ŷ_{p|−p}]`` of the cells (gx[b], gy[b])."""
+        coef = self.coef[gy, :, gx, :]  # (B, dY, dX)
+        xhat = self.xhat[gx] - torch.bmm(self.correction[gy], coef)
+        return torch.cat([xhat, self.yhat[gy]], dim=-1)
+
+
+def _conditional_cells_generic(x_groups: torch.Tensor, y_groups: torch.Tensor, make_z: Callable, cells_x, cells_y,
+                               settings: EdgeSettings, cells_per_call: int) -> torch.Tensor:
+    """Per-cell conditioning variables, every cell through :func:`edge_mi_batched` (any dimension, any hash)."""
+    out = torch.empty(len(cells_x), dtype=torch.float64, device=x_groups.device)
+    options = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
+    for start in range(0, len(cells_x), cells_per_call):
+        gx, gy = cells_x[start : start + cells_per_call], cells_y[start : start + cells_per_call]
+        x, z = x_groups[gx], make_z(gx, gy)
+        yz = torch.cat([y_groups[gy], z], dim=-1)
+        out[start : start + len(gx)] = edge_mi_batched(x, yz, **options) - edge_mi_batched(x, z, **options)
+    return out
+
+
+def _member_codes(t: torch.Tensor, widths: torch.Tensor, offsets: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """Per ensemble member, the per-group codes (:func:`_group_codes`) of ``t`` (G, N, d) hashed at that member's
+    width and offsets."""
+    return [_group_codes(torch.floor((t + offsets[m]) / widths[m]).to(torch.int64)) for m in range(len(widths))]
+
+
+def _conditional_cells_fast(x_groups: torch.Tensor, y_groups: torch.Tensor, make_z: Callable, dz: int, cells_x,
+                            cells_y, settings: EdgeSettings, cells_per_call: int) -> torch.Tensor:
+    """The same numbers as :func:`_conditional_cells_generic` for floor-hashed low-dimensional variables (d_X ≤ 6,
+    d_Y + d_Z ≤ 6): X and Y hashed once per group and member, only Ẑ per cell; both chain-rule terms share each
+    chunk's Ẑ."""
+    n, dx, dy = x_groups.shape[1], x_groups.shape[-1], y_groups.shape[-1]
+    x, y = _standardise(x_groups), _standardise(y_groups)
+    terms = []
+    for other in (dy + dz, dz):  # I(X; [Y, Ẑ]) and I(X; Ẑ), each with the generator draws of its own batched call
+        ensemble = _ensemble(settings, n, dx, other, torch.Generator().manual_seed(settings.seed), x.device)
+        codes = _member_codes(x, ensemble.widths, ensemble.offsets_x)
+        counts = [_own_counts(c, k) for c, k in codes]
+        y_codes = _member_codes(y, ensemble.widths, ensemble.offsets_y[:, :dy]) if other > dz else None
+        stack = torch.empty(settings.n_estimators, len(cells_x), dtype=torch.float64, device=x.device)
+        terms.append((ensemble, codes, counts, y_codes, stack))
+    for start in range(0, len(cells_x), cells_per_call):
+        gx, gy = cells_x[start : start + cells_per_call], cells_y[start : start + cells_per_call]
+        z = _standardise(make_z(gx, gy))
+        for ensemble, codes, counts, y_codes, stack in terms:
+            for m in range(settings.n_estimators):
+                offsets = ensemble.offsets_y[m, -dz:]
+                code, space = _group_codes(torch.floor((z + offsets) / ensemble.widths[m]).to(torch.int64))
+                if y_codes is not None:
+                    code, space = y_codes[m][0][gy] * space + code, y_codes[m][1] * space
+                cx, kx = codes[m]
+                n_ij = _per_cell_counts(cx[gx] * space + code, kx * space)
+                stack[m, start : start + len(gx)] = _plugin_terms(n_ij, counts[m][gx], _per_cell_counts(code, space),
+                                                                  settings)
+    (first, *_, joint), (second, *_, marginal) = terms
+    return (_aggregate(joint, first, settings, dx + dy + dz)
+            - _aggregate(marginal, second, settings, dx + dz))
+
+
+def _fast_path(settings: EdgeSettings, dx: int, dy: int, dz: int) -> bool:
+    """Whether every variable is floor-hashed without projection (the fast per-cell path applies)."""
+    return settings.hash_type != "pstable" and dx <= PSTABLE_ABOVE_DIM and dy + dz <= PSTABLE_ABOVE_DIM
 
 
 def edge_cmi_matrix(
@@ -590,47 +789,77 @@ def edge_cmi_matrix(
     *,
     seed: int = 0,
     cells_per_call: int = 256,
+    conditioning: Conditioning = "auto",
+    z_dim: int | Literal["auto"] | None = "auto",
+    transform: Transform = "none",
+    ridge: float | Literal["auto"] = "auto",
     **kwargs,
 ) -> torch.Tensor:
     """EDGE chain-rule CMI ``ρ_{c,p} = I(A_c; A_p | A_{−p})`` for every (child group c, parent group p).
 
     ``child`` (N, C_child) and ``parent`` (N, C_parent) are activations of the same N samples; ``child_groups`` /
     ``parent_groups`` give each unit's group index (0..G−1). Returns (G_child, G_parent) float64 on ``child``'s device.
-    The conditioning set ``A_{−p}`` (all parents outside group p) is standardised and projected to one dimension with
-    one seeded Gaussian vector g over *all* parent units, restricted to the units outside p: ``z_p = S·g − S_p·g_p`` (S
-    the standardised parents), computed by subtraction in O(N·C) per group instead of materialising ``(P, N, C_parent)``
-    (docs/methods/edge-mi.md §3.4 "shared projection", *reconstructed*). Each cell then equals ``edge_cmi_batched(A_c,
-    A_p, z_p, z_dim=None)`` up to float rounding; every group is hashed once per ensemble member and only the joint
-    counts are per cell (``cells_per_call`` cells at a time). With one parent group there is nothing to condition on and
-    ρ is the plain EDGE MI. Keywords go to :func:`edge_mi_batched`.
+    Each cell equals :func:`edge_cmi_batched` of (A_c, A_p, A_{−p}) with the same ``conditioning``, ``z_dim``,
+    ``transform`` and ``ridge`` (docs/methods/edge-mi.md §3.4), up to float rounding, without materialising the
+    conditioning sets:
+
+    - ``regression`` (what ``auto`` gives whenever the other parents outnumber d_X + d_Y): ``Ẑ_{c,p}`` from one ridge
+      regression on all parents and a block-inverse update per parent group (:class:`_RegressionCells`; ``ridge``
+      ``auto`` = C_parent/N); single-filter groups are then hashed on the fast path (X and Y once per group, Ẑ per cell);
+    - ``random``: ``z_p = S·g − S_p·g_p`` with one seeded Gaussian matrix g (C_parent × ``z_dim``, ``auto``: 1) over all
+      parent units (the earlier default; it misses what g does not point at);
+    - ``none``: all other parents, as they are (small layers only).
+
+    With one parent group there is nothing to condition on and ρ is the plain EDGE MI. Keywords go to
+    :func:`edge_mi_batched`.
     """
     x = _as_batch(child, "child", batched=False)[0]
     y = _as_batch(parent, "parent", batched=False)[0].to(x.device)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"child and parent need the same samples; got {x.shape[0]} and {y.shape[0]} rows")
+    if transform not in ("none", "rank"):
+        raise ValueError(f"transform must be 'none' or 'rank'; got {transform!r}")
+    if transform == "rank":
+        x, y = normal_scores(x), normal_scores(y)
     cl, gc = _check_labels(child_groups, x.shape[1], "child")
     pl, gp = _check_labels(parent_groups, y.shape[1], "parent")
     cl, pl = cl.to(x.device), pl.to(x.device)
-    xs = [x[:, cl == c] for c in range(gc)]
-    ys = [y[:, pl == p] for p in range(gp)]
+    xs, ys = [x[:, cl == c] for c in range(gc)], [y[:, pl == p] for p in range(gp)]
     if len({t.shape[1] for t in xs}) != 1 or len({t.shape[1] for t in ys}) != 1:
         raise ValueError("every group of a layer must have the same number of units")
     x_groups, y_groups = torch.stack(xs), torch.stack(ys)
     cells_x = torch.arange(gc, device=x.device).repeat_interleave(gp)
     cells_y = torch.arange(gp, device=x.device).repeat(gc)
-    grid = dict(settings=EdgeSettings(seed=seed, **kwargs), cells_per_call=cells_per_call)
+    settings = EdgeSettings(seed=seed, **kwargs)
     if gp == 1:
-        return _edge_mi_grid(x_groups, y_groups, cells_x, cells_y, **grid).reshape(gc, gp)
+        return _edge_mi_grid(x_groups, y_groups, cells_x, cells_y, settings, cells_per_call).reshape(gc, gp)
+    dx, dy = x_groups.shape[-1], y_groups.shape[-1]
+    method = resolve_conditioning(conditioning, dx, dy, y.shape[1] - dy)
     standard = _standardise(y.unsqueeze(0))[0]
-    gen = torch.Generator().manual_seed(seed + 1_000_003)
-    g = _gaussian_matrix(y.shape[1], 1, gen, y.device)  # (C_parent, 1)
-    total = standard @ g
-    z_groups = torch.stack([total - standard[:, pl == p] @ g[pl == p] for p in range(gp)])  # (Gp, N, 1)
-    z_groups = _standardise(z_groups)  # as edge_cmi_batched does after its projection
-    yz_groups = torch.cat([y_groups, z_groups], dim=-1)
-    joint = _edge_mi_grid(x_groups, yz_groups, cells_x, cells_y, **grid)
-    marginal = _edge_mi_grid(x_groups, z_groups, cells_x, cells_y, **grid)
-    return (joint - marginal).reshape(gc, gp)
+    if method == "regression":
+        fitted = _RegressionCells.fit(_standardise(x.unsqueeze(0))[0], standard, cl, pl, ridge)
+        width = dx + dy
+        r = _target_dim(method, z_dim, width)
+        dz = width if r is None or r >= width else r
+
+        def make_z(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+            return _reduce(fitted.cells(gx, gy), r, seed)
+
+        run = (lambda: _conditional_cells_fast(x_groups, y_groups, make_z, dz, cells_x, cells_y, settings,
+                                               cells_per_call)) if _fast_path(settings, dx, dy, dz) else \
+            (lambda: _conditional_cells_generic(x_groups, y_groups, make_z, cells_x, cells_y, settings,
+                                                cells_per_call))
+        return run().reshape(gc, gp)
+    if method == "random":
+        gen = torch.Generator().manual_seed(seed + 1_000_003)
+        g = _gaussian_matrix(y.shape[1], _target_dim(method, z_dim, y.shape[1]) or 1, gen, y.device)
+        total = standard @ g
+        z_groups = _standardise(torch.stack([total - standard[:, pl == p] @ g[pl == p] for p in range(gp)]))
+    else:
+        z_groups = _standardise(torch.stack([standard[:, pl != p] for p in range(gp)]))
+    joint = _edge_mi_grid(x_groups, torch.cat([y_groups, z_groups], dim=-1), cells_x, cells_y, settings,
+                          cells_per_call)
+    return (joint - _edge_mi_grid(x_groups, z_groups, cells_x, cells_y, settings, cells_per_call)).reshape(gc, gp)
 
 
 def mst_cmi_matrix(
@@ -687,3 +916,12 @@ def gaussian_cmi_linear(a: float | np.ndarray, noise_var: float = 1.0) -> float 
     """I(X;Y|Z) for X = aY + Z + e, Y, Z ~ N(0,1), e ~ N(0, noise_var): ``½ log(1 + a²/noise_var)`` nats
     (docs/methods/edge-mi.md §7 item 8)."""
     return 0.5 * np.log1p(np.square(a) / noise_var)
+
+
+def gaussian_cmi(cov: np.ndarray, x: list[int], y: list[int], z: list[int]) -> float:
+    """I(X;Y|Z) of jointly Gaussian variables with covariance ``cov`` (indices of X, Y and Z into it), nats:
+    ``½ (log|Σ_XZ| + log|Σ_YZ| − log|Σ_Z| − log|Σ_XYZ|)`` (an empty Z gives the MI)."""
+    def logdet(index: list[int]) -> float:
+        return float(np.linalg.slogdet(np.asarray(cov)[np.ix_(index, index)])[1]) if index else 0.0
+
+    return 0.5 * (logdet(x + z) + logdet(y + z) - logdet(z) - logdet(x + y + z))
