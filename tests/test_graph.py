@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from connprune import graph, models
+from connprune import graph, methods, models, surgery
 from connprune.errors import UserError
 from connprune.measure.sparsity import count_prunable
 from connprune.surgery.shrink import remove_units
@@ -182,22 +182,40 @@ class Wrap(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("middle, kind", [
-    (nn.GroupNorm(2, 4), "GroupNorm"), (Custom(), "Custom"), (nn.PReLU(4), "PReLU"),
-    (nn.LSTM(4, 4), "LSTM"), (nn.MultiheadAttention(4, 2), "MultiheadAttention")])
-def test_unsupported_module_is_named(middle, kind):
-    with pytest.raises(UserError) as info:
-        graph.build(Wrap(middle), (3, 8, 8))
-    message = str(info.value)
-    assert f"'middle' ({kind}) has parameters" in message
-    assert "nn.Conv2d" in message and "nn.BatchNorm1d/2d" in message
-    assert "\n" not in message
+@pytest.mark.parametrize("middle, kind, exact", [
+    (nn.GroupNorm(2, 4), "GroupNorm", False), (Custom(), "Custom", True), (nn.PReLU(4), "PReLU", True)])
+def test_modules_with_channel_parameters_are_pruned_with_their_channels(middle, kind, exact):
+    """Norms, activations with parameters and custom per-channel parameters join the conv's group (Torch-Pruning
+    prunes them along); a norm over several channels makes the group inexact (no masked equivalent)."""
+    torch.manual_seed(0)
+    model = Wrap(middle).eval()
+    g = graph.build(model, (3, 8, 8))
+    group = g.group_of("conv")
+    assert any(name.startswith("middle") for name in group.coupled) and group.exact is exact
+    result = methods.create("l1-filter", round_to=1).prune(model, 0.3, methods.PruneData(example_inputs=(3, 8, 8)))
+    shrunk, _ = surgery.apply(model, result, example_inputs=(3, 8, 8))
+    assert shrunk.conv.out_channels == 4 - len(result.remove["conv"]) < 4
+    x = torch.randn(2, 3, 8, 8)
+    if exact:  # the shrunk model computes what the masked one does
+        masked, _ = surgery.apply(copy.deepcopy(model), result, shrink=False, example_inputs=(3, 8, 8))
+        assert torch.allclose(shrunk(x), masked(x), atol=1e-6)
+    else:
+        with pytest.raises(UserError, match="normalised together"):
+            surgery.apply(copy.deepcopy(model), result, shrink=False, example_inputs=(3, 8, 8))
 
 
-def test_grouped_conv_and_shared_module_are_refused():
-    model = Wrap(nn.Conv2d(4, 4, 3, padding=1, groups=2))
-    with pytest.raises(UserError, match="'middle' is a grouped convolution"):
-        graph.build(model, (3, 8, 8))
+def test_grouped_conv_prunes_whole_positions_and_shared_module_is_refused():
+    torch.manual_seed(0)
+    model = Wrap(nn.Conv2d(4, 4, 3, padding=1, groups=2)).eval()
+    g = graph.build(model, (3, 8, 8))
+    assert g.group_of("conv").blocks == 2  # the grouped conv's input groups must stay equal
+    result = methods.create("l1-filter", round_to=1).prune(model, 0.3, methods.PruneData(example_inputs=(3, 8, 8)))
+    removed = result.remove["conv"]
+    assert len(removed) == 2 and removed[1] - removed[0] == 2  # position j of both blocks
+    shrunk, _ = surgery.apply(model, result, example_inputs=(3, 8, 8))
+    masked, _ = surgery.apply(copy.deepcopy(model), result, shrink=False, example_inputs=(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    assert shrunk.middle.in_channels == 2 and torch.allclose(shrunk(x), masked(x), atol=1e-6)
 
     class Shared(nn.Module):
         def __init__(self):

@@ -15,15 +15,8 @@ from connprune.experiments.jobs import PruneJob, prune_job
 from connprune.graph import build
 from connprune.measure.cost import count_params
 from connprune.measure.sparsity import count_prunable, sparsity
-from connprune.methods.kfac import (
-    KFACParams,
-    NeuronMasks,
-    cubic_schedule,
-    neuron_targets,
-    prunable_groups,
-    pruning_window,
-    train_and_prune,
-)
+from connprune.methods.kfac import (KFACParams, NeuronMasks, cubic_schedule, neuron_targets, prunable_groups,
+                                    pruning_window, train_and_prune)
 from connprune.methods.network_slimming import global_removal
 from connprune.train.recipes import default_recipe
 from connprune.train.trainer import Trainer, TrainHook

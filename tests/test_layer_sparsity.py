@@ -15,16 +15,8 @@ from connprune.errors import UserError
 from connprune.experiments.jobs import prune_model
 from connprune.methods import PruneData
 from connprune.methods.layer_sparsity import layer_groups, merge_runs, penalisable_links
-from connprune.methods.regularisers import (
-    PenaltyGroup,
-    PenaltyHook,
-    negative_part_norm,
-    penalty_value,
-    prox_l1,
-    prox_negative_part,
-    prox_row_groups,
-    row_group_norm,
-)
+from connprune.methods.regularisers import (PenaltyGroup, PenaltyHook, negative_part_norm, penalty_value, prox_l1,
+                                            prox_negative_part, prox_row_groups, row_group_norm)
 from connprune.surgery import merge
 from connprune.train import Trainer, evaluate
 from connprune.train.recipes import TrainConfig
@@ -244,7 +236,7 @@ def test_group_l1_removes_zero_units_exactly(small_train: ImageData) -> None:
     reference = model.eval()(x)
     dense = sum(p.numel() for p in model.parameters())
     shrunk, _ = surgery.apply(model, result, example_inputs=small_train.info.input_shape)
-    assert shrunk is model  # the trained model travels in result.model
+    assert result.model is model  # the trained model travels in result.model; apply shrinks a checked copy
     widths = [m.out_features for m in shrunk.features if isinstance(m, nn.Linear)]
     assert widths == [32 - len(v) for v in result.remove.values()] and 0 < sum(widths) < 64
     assert sum(p.numel() for p in shrunk.parameters()) < dense

@@ -11,18 +11,8 @@ File-based sets are looked up under the data dir (``data_dir`` argument, else ``
 :func:`find` says whether they are there and where to get them. See :mod:`connprune.data.datasets`.
 """
 
-from connprune.data.datasets import (
-    CACHE_DIR,
-    ENV_DATA_DIR,
-    DatasetInfo,
-    Found,
-    ImageData,
-    find,
-    info,
-    load,
-    names,
-    resolve_data_dir,
-)
+from connprune.data.datasets import (CACHE_DIR, ENV_DATA_DIR, DatasetInfo, Found, ImageData, find, info, load, names,
+                                     resolve_data_dir)
 
 __all__ = [
     "CACHE_DIR", "ENV_DATA_DIR", "DatasetInfo", "Found", "ImageData", "find", "info", "load", "names",

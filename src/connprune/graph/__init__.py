@@ -13,15 +13,8 @@ See :mod:`connprune.graph.dependency` for the rules (groups, residual streams, d
 
 from __future__ import annotations
 
-from connprune.graph.dependency import (
-                                       ChannelGroup,
-                                       LayerPair,
-                                       ModelGraph,
-                                       build,
-                                       check_supported,
-                                       is_depthwise,
-                                       is_grouped,
-)
+from connprune.graph.dependency import (ChannelGroup, LayerPair, ModelGraph, build, check_supported, is_depthwise,
+                                        is_grouped)
 from connprune.graph.inputs import ExampleInputs, as_inputs, for_model, probe
 
 __all__ = ["ChannelGroup", "ExampleInputs", "LayerPair", "ModelGraph", "as_inputs", "build", "check_supported",

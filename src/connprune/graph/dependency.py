@@ -27,6 +27,7 @@ forward pass (shared weights).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -39,7 +40,6 @@ from connprune.graph.inputs import ExampleInputs, describe, for_model
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
-ALLOWED = (nn.Conv2d, nn.Linear, *_BATCHNORM)
 _ADD_OPS = ("addbackward", "subbackward")
 
 
@@ -52,13 +52,28 @@ class ChannelGroup:
     producers: tuple[str, ...]
     """Conv/linear layers whose OUTPUT channels are these channels (>1 non-depthwise = residual stream)."""
     consumers: tuple[str, ...]
-    """Conv/linear layers whose INPUT channels are these channels (through BN, ReLU, pooling, flatten, adds)."""
+    """Conv/linear layers whose INPUT channels are these channels (through BN, ReLU, pooling, flatten, adds,
+    concatenations and splits: :meth:`ModelGraph.consumer_slices` maps each channel to the input columns that read
+    it; a grouped conv's column is shared by its groups, channel ``c`` reading column ``c mod in/groups``)."""
     channels: int
     """Number of channels."""
     weights_per_channel: int
     """Prunable conv/linear weights removed with each channel (producers' rows + consumers' input slices)."""
     residual: bool
     """Several producers are summed (residual stream)."""
+    blocks: int = 1
+    """The channels form this many equal blocks (a grouped conv's groups, a GroupNorm's groups, attention heads)
+    that must stay equal: a removal takes the same positions in every block."""
+    exact: bool = True
+    """Removing a channel computes what zeroing everything that reads it computes; False where a normalisation
+    over the channels (LayerNorm, GroupNorm with several channels per group) couples them: a removal then changes
+    the statistics of the channels that stay, so it has no masked equivalent (as in Torch-Pruning)."""
+    coupled: tuple[str, ...] = ()
+    """Other modules (norms, activations with parameters, attention, custom parameters) whose channel dimension
+    is these channels: they shrink with the group."""
+    tied: tuple[str, ...] = ()
+    """Linear layers whose rows AND columns are these channels, called inside another module rather than traced
+    as layers (an ``nn.MultiheadAttention``'s ``out_proj``, pruned with its embedding dimension)."""
 
 
 @dataclass(frozen=True)
@@ -189,21 +204,16 @@ def is_grouped(module: nn.Module) -> bool:
 
 
 def check_supported(model: nn.Module) -> None:
-    """UserError naming the first module with parameters that connprune cannot prune (and what is supported)."""
-    supported = "nn.Conv2d (plain or depthwise), nn.Linear and nn.BatchNorm1d/2d"
-    for name, module in model.named_modules():
-        own = [key for key, p in module._parameters.items() if p is not None]
-        extra = [key for key in own if key not in ("weight", "bias")]
-        if own and (not isinstance(module, ALLOWED) or extra):
-            what = f"parameters {', '.join(own)}" if not isinstance(module, ALLOWED) else \
-                f"extra parameters {', '.join(extra)}"
-            raise UserError(f"module {name or '<model>'!r} ({type(module).__name__}) has {what}, which connprune "
-                            f"cannot prune; supported layers with parameters are {supported} — replace or remove "
-                            "it")
-        if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
-            raise UserError(f"module {name!r} is a grouped convolution (groups={module.groups}, "
-                            f"{module.in_channels}→{module.out_channels} channels); connprune supports plain and "
-                            "depthwise (groups = in = out channels) convs only")
+    """Whatever Torch-Pruning's ``DependencyGraph`` traces can be described; nothing is refused up front. (Modules
+    called twice per forward pass, i.e. shared weights, are refused when the model is traced.)"""
+
+
+def channel_norm(module: object) -> bool:
+    """A normalisation that mixes the channels it normalises: LayerNorm, or GroupNorm with several channels per
+    group (one channel per group is per-channel, like BatchNorm)."""
+    if isinstance(module, nn.LayerNorm):
+        return True
+    return isinstance(module, nn.GroupNorm) and module.num_channels != module.num_groups
 
 
 @contextlib.contextmanager
@@ -235,7 +245,7 @@ def _forward_order(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[
         if calls[name] == 1:
             order.append(name)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ALLOWED)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
@@ -305,8 +315,34 @@ class _GroupScan:
     producers: set[str] = field(default_factory=set)
     consumers: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     depthwise: set[str] = field(default_factory=set)
+    coupled: set[str] = field(default_factory=set)
+    tied: set[str] = field(default_factory=set)
+    blocks: int = 1
+    exact: bool = True
     reaches_output: bool = False
     reaches_input: bool = False
+
+    def note_member(self, dg: tp.DependencyGraph, item: tp.GroupItem, name: str | None) -> None:
+        """Record a member that is not a conv/linear producer or consumer, and the channel blocks of every member
+        (Torch-Pruning's in/out channel groups: grouped convs, GroupNorm, attention heads)."""
+        module, handler = item.dep.target.module, item.dep.handler
+        if not isinstance(module, nn.Module):
+            if isinstance(module, nn.Parameter) and name is not None:
+                self.coupled.add(name)
+            return
+        if name is not None and not isinstance(module, PRUNABLE):
+            self.coupled.add(name)
+        if name is not None and isinstance(module, nn.MultiheadAttention):
+            self.tied.add(f"{name}.out_proj")
+            self.blocks = max(self.blocks, module.num_heads)  # the embedding must stay divisible by the heads
+        self.exact &= not channel_norm(module)
+        if is_depthwise(module):
+            return
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is not None:
+            get = pruner.get_out_channel_groups if dg.is_out_channel_pruning_fn(handler) \
+                else pruner.get_in_channel_groups
+            self.blocks = max(self.blocks, int(get(module)))
 
 
 def _scan_group(dg: tp.DependencyGraph, root: str, module: nn.Module, names: dict[nn.Module, str],
@@ -323,6 +359,7 @@ def _scan_group(dg: tp.DependencyGraph, root: str, module: nn.Module, names: dic
         if _reads_untraced(target):
             scan.reaches_input = True  # summed with (or depthwise over) the model's input or a constant
         member = names.get(target.module) if isinstance(target.module, nn.Module) else None
+        scan.note_member(dg, item, member if member is not None else _parameter_name(dg, target.module))
         if member is None or member not in position:
             continue
         if is_depthwise(modules[member]):
@@ -339,24 +376,42 @@ def _scan_group(dg: tp.DependencyGraph, root: str, module: nn.Module, names: dic
     return channels, scan
 
 
+def _parameter_name(dg: tp.DependencyGraph, target: object) -> str | None:
+    """The name Torch-Pruning gave an unwrapped parameter (layer scale, position embedding), if ``target`` is one."""
+    return dg._param_to_name.get(target) if isinstance(target, nn.Parameter) else None
+
+
+def _consumer_weights(weight: torch.Tensor, module: nn.Module, columns: int) -> int:
+    """Weights a consumer loses with one channel that it reads through ``columns`` input columns."""
+    per_column = weight.numel() // weight.shape[1]
+    if isinstance(module, nn.Conv2d) and module.groups > 1:
+        per_column //= module.groups  # a grouped conv's channel is read by its group's outputs only
+    return columns * per_column
+
+
 def _make_group(channels: int, scan: _GroupScan, modules: dict[str, nn.Module],
                 position: dict[str, int]) -> tuple[ChannelGroup, _GroupDetail]:
     """A :class:`ChannelGroup` and its index maps from a scanned torch-pruning group."""
     slices: dict[str, list[list[int]]] = {}
     for consumer, (idxs, roots) in scan.consumers.items():
+        module = modules[consumer]
+        # a grouped conv's weight holds in/groups columns shared by its groups: channel c is column c mod that
+        block = module.in_channels // module.groups if isinstance(module, nn.Conv2d) and module.groups > 1 else 0
         per_channel: list[list[int]] = [[] for _ in range(channels)]
         for index, root in zip(idxs, roots):
-            per_channel[root].append(index)
+            per_channel[root].append(index % block if block else index)
         slices[consumer] = [sorted(s) for s in per_channel]
     weights = sum(modules[p].weight.numel() // modules[p].weight.shape[0] for p in scan.producers)
     for consumer, per_channel in slices.items():
-        weight = modules[consumer].weight
-        weights += len(per_channel[0]) * (weight.numel() // weight.shape[1])
+        weights += _consumer_weights(modules[consumer].weight, modules[consumer], len(per_channel[0]))
+    weights += sum(2 * modules[name].weight.shape[0] - 1 for name in scan.tied)  # a row and a column, once
     producers = tuple(sorted(scan.producers, key=position.__getitem__))
     plain = [p for p in scan.producers if p not in scan.depthwise]
     group = ChannelGroup(root=producers[0], producers=producers,
                          consumers=tuple(sorted(set(scan.consumers) | scan.depthwise, key=position.__getitem__)),
-                         channels=channels, weights_per_channel=weights, residual=len(plain) > 1)
+                         channels=channels, weights_per_channel=weights, residual=len(plain) > 1,
+                         blocks=scan.blocks if channels % scan.blocks == 0 else 1, exact=scan.exact,
+                         coupled=tuple(sorted(scan.coupled)), tied=tuple(sorted(scan.tied)))
     return group, _GroupDetail(slices=slices, depthwise=tuple(sorted(scan.depthwise, key=position.__getitem__)))
 
 
@@ -365,7 +420,10 @@ def _trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ModelGraph:
     layers = _forward_order(model, example)
     modules = dict(model.named_modules())
     names = {module: name for name, module in modules.items()}
-    with _tracing_state(model):
+    with _tracing_state(model), warnings.catch_warnings():
+        # parameters outside a module tp knows (layer scale, position embeddings) are pruned along their last
+        # non-singleton dimension, which is what these are shaped by; tp warns about each, we say it in the docs
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     layer_set = [name for name in layers if isinstance(modules[name], PRUNABLE)]
     position = {name: i for i, name in enumerate(layer_set)}

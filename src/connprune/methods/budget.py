@@ -173,7 +173,7 @@ def count(model: nn.Module, result: PruningResult, example_inputs: ExampleInputs
                        for spec in result.skips if spec.get("kind") == "n2n")
     masks = dict(result.masks)
     if result.remove:
-        masks = combine(masks, removal_masks(model, result.remove, example_inputs))
+        masks = combine(masks, removal_masks(model, result.remove, example_inputs, exact_only=False))
     masked = sum(int(_kept(w, masks.get(n)).sum()) for n, w in weights.items()) + skip_weights
     if not shrink or result.skips:
         return BudgetCount(reference, masked, masked)

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from connprune.graph import ModelGraph, build
+from connprune.graph import ChannelGroup, ModelGraph, build, is_depthwise
 from connprune.measure.importance import ChannelImportance
 from connprune.measure.sparsity import count_prunable
 from connprune.methods.base import MethodParams, PruneData
@@ -58,31 +58,28 @@ def kept_channels(channels: int, ratio: float, round_to: int, min_channels: int,
 
 
 def remaining_weights(graph: ModelGraph, kept: dict[str, int]) -> int:
-    """Prunable weights left when each group (keyed by root) keeps ``kept[root]`` channels."""
-    out_group, in_group = {}, {}
+    """Prunable weights left when each group (keyed by root) keeps ``kept[root]`` channels: every layer keeps its
+    kept output channels times the input columns its input groups keep (through concatenations and flattens),
+    divided among a grouped conv's groups (a depthwise conv keeps one input per output)."""
+    out_group = {layer: group for group in graph.groups for layer in group.producers}
+    in_removed: dict[str, int] = {}
     for group in graph.groups:
-        for layer in group.producers:
-            out_group[layer] = group
-        for layer in group.consumers:
-            in_group[layer] = group
-    features = {(p.parent, p.child): p.features_per_channel for p in graph.pairs}
+        gone = group.channels - kept.get(group.root, group.channels)
+        for consumer, per_channel in graph.consumer_slices(group.root).items():
+            in_removed[consumer] = in_removed.get(consumer, 0) + gone * len(per_channel[0])
     total = 0
     for name in graph.layers:
         layer = graph.model.get_submodule(name)
-        kernel = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
-        out_now = layer.weight.shape[0]
-        out_kept = kept[out_group[name].root] if name in out_group else out_now
-        if isinstance(layer, nn.Conv2d) and layer.groups > 1:  # depthwise: channels tied, fan-in per group fixed
-            total += out_kept * layer.weight.shape[1] * kernel
+        kernel = layer.weight[0, 0].numel() if layer.weight.dim() > 2 else 1
+        out_kept = kept.get(out_group[name].root, layer.weight.shape[0]) if name in out_group else layer.weight.shape[0]
+        if is_depthwise(layer):
+            total += out_kept * kernel
             continue
-        in_now = layer.weight.shape[1]
-        if name in in_group:
-            group = in_group[name]
-            block = next((features[(p, name)] for p in group.producers if (p, name) in features), 1)
-            in_kept = kept[group.root] * block
-        else:
-            in_kept = in_now
-        total += out_kept * in_kept * kernel
+        groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
+        in_kept = layer.weight.shape[1] * groups - in_removed.get(name, 0)
+        total += out_kept * (in_kept // groups) * kernel
+    for group in graph.groups:  # attention output projections: kept rows times kept columns
+        total += sum(kept.get(group.root, group.channels) ** 2 for _ in group.tied)
     return total
 
 
@@ -140,38 +137,57 @@ def fit_channels(graph: ModelGraph, kept: dict[str, int], sparsity: float, *, fl
     return kept
 
 
+def _aligned(group: ChannelGroup, round_to: int) -> int:
+    """Positions per alignment step of a group: ``round_to`` channels, counted in whole positions of its blocks."""
+    return max(1, round_to // group.blocks) if round_to % group.blocks == 0 else 1
+
+
+def position_scores(group: ChannelGroup, scores: torch.Tensor) -> torch.Tensor:
+    """Channel scores averaged over the group's blocks (channel ``k·C/b + j`` is position ``j`` of block ``k``, as
+    Torch-Pruning lays out grouped convs, GroupNorm and attention heads), repeated back to every channel."""
+    if group.blocks == 1:
+        return scores
+    return scores.view(group.blocks, -1).mean(dim=0).repeat(group.blocks)
+
+
+def channels_to_remove(group: ChannelGroup, scores: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` channels of lowest (position) score, whole positions across the blocks."""
+    size = group.channels // group.blocks
+    positions = torch.argsort(scores[:size], stable=True)[: count // group.blocks].tolist()
+    return sorted(block * size + p for block in range(group.blocks) for p in positions)
+
+
 def structured_removal(model: nn.Module, sparsity: float, data: PruneData, params: ChannelBudgetParams,
                        channel_scores: ChannelImportance) -> PruningResult:
     """Remove the lowest-scoring channels of every group at one uniform ratio, then channel by channel (the group
     that loses the least first) until the removed weights meet ``sparsity`` to within one channel (one alignment
-    block with an explicit ``round_to``)."""
+    block with an explicit ``round_to``; a group of equal blocks loses whole positions, one per block)."""
     graph = build(model, data.example_inputs)
     strict = params.round_to != "auto"
     round_to = auto_round_to(data.device) if params.round_to == "auto" else params.round_to
     groups = [g for g in graph.groups if params.prune_residual or not g.residual]
     dense = count_prunable(model)
     full = {g.root: g.channels for g in graph.groups}
+    floor_positions = {g.root: -(-params.min_channels // g.blocks) for g in groups}
 
     def kept_at(ratio: float) -> dict[str, int]:
-        return {**full, **{g.root: kept_channels(g.channels, ratio, round_to, params.min_channels, strict)
-                           for g in groups}}
+        return {**full, **{g.root: g.blocks * kept_channels(g.channels // g.blocks, ratio, _aligned(g, round_to),
+                                                            floor_positions[g.root], strict) for g in groups}}
 
     def achieved(ratio: float) -> float:
         return 1.0 - remaining_weights(graph, kept_at(ratio)) / dense
 
     low, ratio = ratio_bounds(achieved, sparsity)
-    aligned = {g.root: strict and round_to > 1 and kept_at(ratio)[g.root] % round_to == 0 for g in groups}
-    step = {g.root: round_to if aligned[g.root] else 1 for g in groups}
-    scores = {g.root: channel_scores(g, graph) for g in groups}
-    floor = {g.root: min(g.channels, max(params.min_channels, step[g.root])) for g in groups}
+    aligned = {g.root: strict and _aligned(g, round_to) > 1 for g in groups}
+    step = {g.root: g.blocks * (_aligned(g, round_to) if aligned[g.root] else 1) for g in groups}
+    scores = {g.root: position_scores(g, channel_scores(g, graph)) for g in groups}
+    floor = {g.root: min(g.channels, max(floor_positions[g.root] * g.blocks, step[g.root])) for g in groups}
     kept = fit_channels(graph, {g.root: kept_at(low)[g.root] for g in groups}, sparsity, floor=floor, step=step,
                         scores=scores) if sparsity > 0 else {g.root: g.channels for g in groups}
-    remove: dict[str, list[int]] = {}
-    for group in groups:
-        drop = group.channels - kept[group.root]
-        if drop > 0:
-            remove[group.root] = sorted(torch.argsort(scores[group.root], stable=True)[:drop].tolist())
-    unaligned = {g.root: kept_channels(g.channels, ratio, 1, params.min_channels) for g in groups}
+    remove = {g.root: channels_to_remove(g, scores[g.root], g.channels - kept[g.root])
+              for g in groups if kept[g.root] < g.channels}
+    unaligned = {g.root: g.blocks * kept_channels(g.channels // g.blocks, ratio, 1, floor_positions[g.root])
+                 for g in groups}
     info = {"channel_ratio": ratio, "round_to": round_to,
             "expected_sparsity": 1.0 - remaining_weights(graph, {**full, **kept}) / dense,
             "budget_unit": max((g.weights_per_channel * step[g.root] for g in groups), default=1),

@@ -145,7 +145,8 @@ def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: floa
                    budget: Literal["weights", "neurons"], min_neurons: int) -> dict[str, int]:
     """k_l per group root. ``neurons``: ⌈(1 − s)·n_l⌉. ``weights``: the uniform neuron ratio that comes closest
     below ``sparsity`` on the exact remaining prunable-weight count, then one neuron at a time from the group that
-    keeps the largest fraction, until the budget is met to within one neuron (:mod:`~connprune.methods.channel_budget`)."""
+    keeps the largest fraction, until the budget is met to within one neuron
+    (:mod:`~connprune.methods.channel_budget`)."""
     full = {g.root: g.channels for g in graph.groups}
     if budget == "neurons":
         return {g.root: max(min_neurons, min(g.channels, math.ceil((1.0 - sparsity) * g.channels - 1e-9)))

@@ -33,15 +33,8 @@ from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruningResult
 from connprune.methods.budget import excluded_scores, fit_to_surgery
 from connprune.methods.channel_budget import ChannelBudgetParams, structured_removal
-from connprune.methods.regularisers import (
-    PenaltyGroup,
-    RegularisedMethod,
-    l1_norm,
-    prox_l1,
-    prox_row_groups,
-    row_group_norm,
-    row_norms,
-)
+from connprune.methods.regularisers import (PenaltyGroup, RegularisedMethod, l1_norm, prox_l1, prox_row_groups,
+                                            row_group_norm, row_norms)
 
 
 class RegularisedParams(MethodParams):

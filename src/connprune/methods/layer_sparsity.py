@@ -56,13 +56,8 @@ from connprune.errors import UserError
 from connprune.measure.cost import cost
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningResult, Sparsity
-from connprune.methods.regularisers import (
-    PenaltyGroup,
-    PenaltyHook,
-    RegularisedMethod,
-    negative_part_norm,
-    penalty_value,
-)
+from connprune.methods.regularisers import (PenaltyGroup, PenaltyHook, RegularisedMethod, negative_part_norm,
+                                            penalty_value)
 from connprune.models.registry import init_weights
 from connprune.surgery import edits, merge
 from connprune.train.evaluate import evaluate

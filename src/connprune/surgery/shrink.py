@@ -117,13 +117,25 @@ def _plan(graph: ModelGraph, remove: Mapping[str, Any]) -> dict[str, set[int]]:
     return plan
 
 
+def _removed_positions(module: nn.Module, side: str, indices: list[int]) -> list[int]:
+    """The weight positions along dim 0 (``out``) or dim 1 (``in``) that removing channel ``indices`` takes: the
+    channels themselves, except a grouped conv's inputs, whose weight holds one block of ``in / groups`` positions
+    that every group shares (Torch-Pruning removes the same positions in every block)."""
+    if side == "in" and isinstance(module, nn.Conv2d) and module.groups > 1:
+        block = module.in_channels // module.groups
+        return sorted({i % block for i in indices})
+    return list(indices)
+
+
 def _prune(graph: ModelGraph, plan: Mapping[str, set[int]]) -> dict[str, dict[str, list[int]]]:
-    """Remove the planned channels with torch-pruning. Returns module name → {"out"/"in": removed indices}."""
+    """Remove the planned channels with torch-pruning, one group at a time: each group is traced on the shapes the
+    earlier removals left (a concatenation's offsets move when one of its inputs shrinks). Returns module name →
+    {"out"/"in": removed weight positions, counted in the original shapes}."""
     dg, modules = graph.dg, dict(graph.model.named_modules())
     names = {module: name for name, module in modules.items()}
-    pending = []
+    alive: dict[tuple[str, str], list[int]] = {}
     record: dict[str, dict[str, list[int]]] = {}
-    for root, channels in plan.items():  # build every group on the original shapes, then prune
+    for root, channels in plan.items():
         if not channels:
             continue
         module = modules[root]
@@ -132,13 +144,18 @@ def _prune(graph: ModelGraph, plan: Mapping[str, set[int]]) -> dict[str, dict[st
         for item in group:
             target = item.dep.target.module
             name = names.get(target) if isinstance(target, nn.Module) else None
-            if name is None:
+            if name is None or not hasattr(target, "weight") or target.weight is None:
                 continue
             coupled = isinstance(target, _BATCHNORM) or is_depthwise(target)
             side = "out" if coupled or dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            record.setdefault(name, {}).setdefault(side, []).extend(int(i) for i in item.idxs)
-        pending.append(group)
-    for group in pending:
+            dim = 0 if side == "out" else 1
+            key = (name, side)
+            if key not in alive:
+                alive[key] = list(range(target.weight.shape[dim])) if target.weight.dim() > dim else []
+            positions = _removed_positions(target, side, [int(i) for i in item.idxs])
+            record.setdefault(name, {}).setdefault(side, []).extend(alive[key][p] for p in positions)
+            gone = set(positions)
+            alive[key] = [original for index, original in enumerate(alive[key]) if index not in gone]
         group.prune()
     return record
 
@@ -334,7 +351,11 @@ class _DeadUnits:
         return result
 
     def step(self, group: ChannelGroup, unread: set[int], constant: set[int]) -> bool:
-        """Mark the group's newly unread and constant channels; whether any were."""
+        """Mark the group's newly unread and constant channels; whether any were. Groups of equal blocks (a
+        removal must take the same positions in every block) and groups coupled by a normalisation over their
+        channels (a removal changes what the others compute) lose no dead unit: theirs stay as masked zeros."""
+        if group.blocks > 1 or not group.exact:
+            return False
         live_reads = {consumer: _channels_read(self.effective[consumer], per_channel)
                       for consumer, per_channel in self.graph.consumer_slices(group.root).items()}
         read = torch.zeros(group.channels, dtype=torch.bool)
@@ -499,6 +520,11 @@ class RemovalPlan:
                 keep[sorted(self.remove[group.root])] = False
             found[f"{layer}.weight"] = keep
         for root, channels in self.remove.items():
+            for tied in graph.group_by_root(root).tied:
+                weight = graph.model.get_submodule(tied).weight
+                keep = found.setdefault(f"{tied}.weight", torch.ones(weight.shape, dtype=torch.bool))
+                keep[sorted(channels)] = False
+                keep[:, sorted(channels)] = False
             for consumer, per_channel in graph.consumer_slices(root).items():
                 columns = sorted(i for channel in channels for i in per_channel[channel])
                 found[f"{consumer}.weight"][:, columns] = False
@@ -551,7 +577,8 @@ def plan_removal(model: nn.Module, masks: Mapping[str, torch.Tensor], example_in
     fold = {root: channels - requested.get(root, set()) for root, channels in constant.items()}
     return RemovalPlan(graph=graph, requested=requested, remove={r: c for r, c in plan.items() if c},
                        fold={r: c for r, c in fold.items() if c}, captured=captured,
-                       unread={r: c - requested.get(r, set()) for r, c in unread.items() if c - requested.get(r, set())})
+                       unread={r: c - requested.get(r, set()) for r, c in unread.items()
+                               if c - requested.get(r, set())})
 
 
 def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: ExampleInputs, *,
