@@ -150,6 +150,16 @@ def spec(name: str) -> ModelSpec:
     return replace(found, default_config=copy.deepcopy(found.default_config))
 
 
+DATA_KEYS = ("num_classes", "in_channels", "input_size")
+"""Config keys every model takes and that come from the data set it is trained on, not from ``--model-param``."""
+
+
+def options(name: str) -> dict[str, Any]:
+    """The family-specific config keys of ``name`` (what ``--model-param KEY=VALUE`` sets) with their defaults; the
+    :data:`DATA_KEYS` are left out. Nothing is built."""
+    return {k: v for k, v in spec(name).default_config.items() if k not in DATA_KEYS}
+
+
 def resolve_config(name: str, **config: Any) -> dict[str, Any]:
     """The full config for ``name``: defaults filled in, every key checked, values normalised (JSON types)."""
     entry = _entry(name)
