@@ -25,11 +25,13 @@ dir that cannot be written is used without a cache (with one warning).
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -102,6 +104,31 @@ class Found:
     available: bool
     location: str | None   # the folder (or file) found, None when missing or not file-based
     source: str            # which files are expected under which folder names, and where to get them
+    samples: dict[str, int] | None = None
+    """Images per split, read from the files' headers (nothing decoded); None where they cannot be counted cheaply."""
+
+    @property
+    def partial(self) -> bool:
+        """Whether the copy found holds fewer images than the official set in some split."""
+        official = OFFICIAL_SIZES.get(self.name, {})
+        return bool(self.samples) and any(self.samples.get(k, 0) < n for k, n in official.items())
+
+    @property
+    def note(self) -> str:
+        """``"partial (N train / M test)"`` for a partial copy, else ``""``."""
+        if not self.partial or not self.samples:
+            return ""
+        return "partial (" + " / ".join(f"{n:,} {split}" for split, n in self.samples.items()) + ")"
+
+
+OFFICIAL_SIZES: dict[str, dict[str, int]] = {
+    "mnist": {"train": 60_000, "test": 10_000},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar10-neg": {"test": 1_000},
+    "tiny-imagenet": {"train": 100_000, "test": 10_000},
+}
+"""Images per split of the official releases (Tiny ImageNet's "test" is its labelled val set)."""
 
 
 # --------------------------------------------------------------------------------------------------- infos
@@ -383,12 +410,54 @@ def _source_text(name: str) -> str:
 
 
 def find(name: str, data_dir: str | os.PathLike[str] | None = None) -> Found:
-    """Whether ``name``'s files are under the data dir (checks names only; nothing is decoded)."""
+    """Whether ``name``'s files are under the data dir, and how many images each split holds where the files'
+    headers say so cheaply (nothing is decoded)."""
     spec = _spec(name)
     if name == "digits":
         return Found(name, True, None, _source_text(name))
     source, _ = spec.locate(resolve_data_dir(data_dir))
-    return Found(name, source is not None, str(source.location) if source else None, _source_text(name))
+    if source is None:
+        return Found(name, False, None, _source_text(name))
+    return Found(name, True, str(source.location), _source_text(name), samples=_sample_counts(source))
+
+
+def _sample_counts(source: _Source) -> dict[str, int] | None:
+    """Images per split of a located copy, from headers only (IDX headers, npz array headers, zip listings); None for
+    the official CIFAR-10 pickles (complete when found: every batch file is there) and for unreadable files."""
+    try:
+        if source.kind == "idx":
+            return {split: _idx_count(_idx_file(source.location, stems[0]) or source.location / stems[0])
+                    for split, stems in IDX_FILES.items()}
+        if source.kind == "cifar-partial":
+            path = source.location / "cifar10_partial.npz"
+            return {split: _npz_rows(path, f"{split}_data") for split in SPLITS}
+        if source.kind == "npz":
+            return {"test": _npz_rows(source.files[0], "data")}
+        if source.kind == "tiny-imagenet":
+            index = readers.scan_tiny_imagenet(source.tree, source.zips, fix="")
+            return {"train": len(index.train), "test": len(index.val)}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UserError):
+        return None
+    return None
+
+
+def _idx_count(path: Path) -> int:
+    """The item count of an IDX file (``.gz`` or plain), from its header: magic (4 bytes), then the first size."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        header = f.read(8)
+    if len(header) < 8:
+        raise ValueError(f"{path}: no IDX header")
+    return int.from_bytes(header[4:8], "big")
+
+
+def _npz_rows(path: Path, key: str) -> int:
+    """The first dimension of array ``key`` of an npz file, from its ``.npy`` header (the data is not read)."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(f)
+    return int(shape[0]) if shape else 0
 
 
 def _missing(name: str, root: Path, problems: list[str]) -> UserError:
