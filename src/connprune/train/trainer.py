@@ -270,7 +270,8 @@ class Trainer:
                     self.save_state()
                 if self.progress:
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch")
-                    console.print(f"[dim]{self.description}[/] epoch {self.epoch}/{self.config.epochs}: {shown}")
+                    console.print(f"[dim]{self.description}[/] epoch {self.epoch}/{self.config.epochs}: {shown}",
+                                  highlight=False, soft_wrap=True)
         self.model.eval()
         final = {}
         if self.test_data is not None:
