@@ -118,19 +118,39 @@ def _dense_ready(out_dir: str | Path, model: str, seed: int) -> bool:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes on this machine (``flock``); a no-op where fcntl is missing."""
+    """An exclusive lock between processes on this machine (``flock``); a no-op where fcntl is missing.
+
+    The lock file exists only while a process holds (or waits for) the lock: the holder removes it before it unlocks,
+    also on Ctrl-C, so no stale ``.lock`` is left behind. A waiter that then wins the lock on the removed file sees
+    that ``path`` no longer names the file it locked and tries again on a fresh one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    while True:
+        with open(path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if not _names_open_file(path, handle.fileno()):
+                continue  # the holder before us removed it: lock the file that `path` names now
+            try:
+                yield
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+
+
+def _names_open_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the open file ``fd`` (it was neither removed nor replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 @contextlib.contextmanager
@@ -225,18 +245,19 @@ class _Reporter:
 
 def _lock_busy(path: Path) -> bool:
     """Whether another process holds the ``flock`` on ``path`` right now (it is training that dense model)."""
-    if not path.exists():
-        return False
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(path) as handle:  # "r": never creates it, a lock file exists only while a process uses it
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        return False
     return False
 
 
@@ -399,7 +420,7 @@ def run_experiment(
         store.add_runs(runs)
         reset = store.reclaim(keys, stale_after=stale_after or STALE_AFTER_SECONDS) if resume else []
         for key, why in reset:
-            say(f"[yellow]resuming[/] {key}: {why}", highlight=False)
+            say(f"[yellow]resuming[/] {key}: {why}", highlight=False, soft_wrap=True)
         counts = store.counts(keys)
     for key, _ in reset:  # half-written output of a killed worker (atomic_dir's temporary folders)
         for leftover in (out_dir / "runs").glob(f".{key}.*.tmp"):
@@ -410,7 +431,7 @@ def run_experiment(
                         model_options=config.model_options, progress=progress)
     say(f"[bold]{loaded.name}[/]: {len(runs)} runs ({counts[DONE]} done, {counts[PENDING]} to run, "
         f"{counts[RUNNING]} running elsewhere, {counts[FAILED]} failed) → {out_dir}; store {sanitize_url(store_url)}",
-        highlight=False)
+        highlight=False, soft_wrap=True)
     if counts[PENDING]:
         workers = min(jobs, counts[PENDING])
         if workers == 1:
@@ -453,7 +474,7 @@ class _LiveReporter(_Reporter):
         self.bar.reset(self.current, total=1, description=f"  {describe(run)}", visible=True, status=what)
 
     def finished(self, run: RunSpec, metrics: dict[str, Any] | None, error: str | None) -> None:
-        self.console.print(_result_line(run, metrics, error), highlight=False)
+        self.console.print(_result_line(run, metrics, error), highlight=False, soft_wrap=True)
         self.bar.update(self.current, completed=1)
         self.bar.advance(self.overall)
 
@@ -500,7 +521,8 @@ def _run_parallel(settings: Settings, runs: list[RunSpec], workers: int, console
                                 metrics = row["metrics"]
                                 if metrics is not None:
                                     metrics = {**metrics, "wall_seconds": row["wall_seconds"] or 0.0}
-                                console.print(_result_line(by_key[key], metrics, row["error"]), highlight=False)
+                                console.print(_result_line(by_key[key], metrics, row["error"]), highlight=False,
+                                              soft_wrap=True)
                             display.advance(overall)
                     busy = {row["claimed_by"]: key for key, row in rows.items() if row["status"] == RUNNING}
                     for process in processes:
@@ -517,7 +539,7 @@ def _run_parallel(settings: Settings, runs: list[RunSpec], workers: int, console
     bad = [p for p in processes if p.exitcode not in (0, None)]
     if bad and console is not None:
         console.print(f"[yellow]{len(bad)} worker(s) exited with an error ({', '.join(str(p.exitcode) for p in bad)}); "
-                      "their claimed runs stay 'running' until `connprune run --resume`[/]")
+                      "their claimed runs stay 'running' until `connprune run --resume`[/]", soft_wrap=True)
 
 
 def _host() -> str:
