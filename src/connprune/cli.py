@@ -1,4 +1,10 @@
-"""The ``connprune`` command line (typer). User errors exit with status 2 and one line on stderr."""
+"""The ``connprune`` command line (typer).
+
+Every user mistake (a bad flag or value, an unknown name, a missing file, an existing ``--out``) exits with status 2
+and one line on stderr that names the problem and the fix; ``--debug`` shows the traceback instead. Ctrl-C exits
+with status 130 and says how to continue. ``--json`` keeps stdout to one JSON document; progress and warnings always
+go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -15,28 +21,72 @@ from connprune import __version__
 from connprune import data as data_mod
 from connprune import models as models_mod
 from connprune.errors import UserError
+from connprune.train.recipes import default_recipe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Connectivity-aware pruning for PyTorch.")
 out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
 
+INTERRUPTED = "interrupted: rerun the same command (or add --resume) to continue"
+"""What Ctrl-C prints (exit status 130): train keeps its per-epoch state for --resume, a grid's claimed run goes back
+to the store, and nothing half-written is left in --out."""
+
+
+def _recipe_defaults(key: str) -> str:
+    """The default recipe's ``key`` per trainable data set, for help texts: ``"digits 30, mnist 10, ..."``."""
+    return ", ".join(f"{name} {getattr(default_recipe(name), key)}" for name in data_mod.names()
+                     if not data_mod.info(name).shift_only)
+
+
 DataDirOpt = typer.Option(None, "--data-dir", help="Where data sets live (default: $CONNPRUNE_DATA or ./data).")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there (progress "
+                       "and warnings still go to stderr).")
 ModelParamOpt = typer.Option([], "--model-param", help="Model constructor option key=value, repeatable (e.g. "
-                             "small_input=true, widths=[512,512,512]; see `connprune models`).")
+                             "small_input=true, widths=[512,512,512]; each model's keys: `connprune models`).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace the checkpoint already in --out (without it an "
+                            "existing, non-empty --out is refused).")
+RECIPE_HELP = {
+    "epochs": f"Training epochs (default: the data set's recipe: {_recipe_defaults('epochs')}).",
+    "batch_size": f"Training batch size (default: the data set's recipe: {_recipe_defaults('batch_size')}).",
+    "lr": f"Peak learning rate (default: the data set's recipe: {_recipe_defaults('lr')}).",
+    "optimizer": f"sgd or adam (default: the data set's recipe: {_recipe_defaults('optimizer')}).",
+}
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"connprune {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     _state["debug"] = debug
-    if version:
-        print(__version__)
-        raise typer.Exit()
+
+
+def check_out_dir(out_dir: Path, *, overwrite: bool, resume: bool | None = None) -> None:
+    """Refuse to replace an existing ``--out`` silently (UserError): a non-empty directory is written only when it
+    holds a checkpoint (``model.json``) and ``--overwrite`` (or ``--resume``, for commands that have it: ``resume``
+    is None for those that do not) says so."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; choose a directory that does not exist yet")
+    if not (out_dir / "model.json").is_file():
+        raise UserError(f"--out {out_dir} exists and is not a connprune checkpoint (no model.json); it is never "
+                        "replaced, even with --overwrite: choose a new --out directory")
+    if overwrite or resume:
+        return
+    also = ", or --resume to continue its training" if resume is not None else ""
+    raise UserError(f"--out {out_dir} already holds a checkpoint; pass --overwrite to replace it{also}, or choose a "
+                    "new --out directory")
 
 
 def emit(payload: Any, as_json: bool, table: Table | None = None) -> None:
@@ -52,9 +102,10 @@ def emit(payload: Any, as_json: bool, table: Table | None = None) -> None:
 
 
 def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    """A rich table of ``rows`` under ``columns``; cells formatted by :func:`_cell`."""
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # long paths fold onto the next line instead of being cut
     for row in rows:
         table.add_row(*[_cell(v) for v in row])
     return table
@@ -68,37 +119,51 @@ def _cell(value: Any) -> str:
 
 
 @app.command()
-def models(as_json: bool = JsonOpt) -> None:
-    """The model zoo: name, input shape, classes, params and MACs at the default input."""
-    from connprune.measure import cost
+def models(
+    with_cost: bool = typer.Option(False, "--cost", help="Also build every model and count its parameters and MACs "
+                                   "at the default input (takes seconds; without it nothing is built)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The model zoo: name, input shape, classes, the --model-param keys with their defaults (and cost with --cost)."""
+    from connprune.models.registry import options
 
     rows = []
     for name in models_mod.names():
         spec = models_mod.spec(name)
-        model = models_mod.create(name)
-        measured = cost(model, spec.default_input_shape)
         rows.append({"name": name, "family": spec.family, "input_shape": list(spec.default_input_shape),
-                     "classes": spec.default_num_classes, "params": measured.params, "macs": measured.macs,
+                     "classes": spec.default_num_classes, "options": options(name),
                      "description": spec.description})
-    table = make_table("connprune model zoo", ["name", "input", "classes", "params", "MACs", "description"],
-                       [[r["name"], "×".join(map(str, r["input_shape"])), r["classes"], f"{r['params']:,}",
-                         f"{r['macs']:,}", r["description"]] for r in rows])
+    if with_cost:
+        from connprune.measure import cost
+
+        for row in rows:
+            measured = cost(models_mod.create(row["name"]), tuple(row["input_shape"]))
+            row.update(params=measured.params, macs=measured.macs)
+    columns = ["name", "input", "classes", "--model-param (default)"] + (["params", "MACs"] if with_cost else [])
+    table = make_table("connprune model zoo (input and classes follow --data when trained)",
+                       [*columns, "description"],
+                       [[r["name"], "×".join(map(str, r["input_shape"])), r["classes"],
+                         ", ".join(f"{k}={json.dumps(v)}" for k, v in r["options"].items()) or "-",
+                         *([f"{r['params']:,}", f"{r['macs']:,}"] if with_cost else []), r["description"]]
+                        for r in rows])
     emit(rows, as_json, table)
 
 
 @app.command()
 def datasets(data_dir: Optional[Path] = DataDirOpt, as_json: bool = JsonOpt) -> None:
-    """The data sets, whether their files are found under the data dir, and where to get them."""
+    """The data sets: found under the data dir or not (and whether the copy is partial), and where to get them."""
     rows = []
     for name in data_mod.names():
         found = data_mod.find(name, data_dir)
         info = data_mod.info(name)
-        rows.append({"name": name, "available": found.available, "location": found.location,
-                     "input_shape": list(info.input_shape), "classes": info.num_classes, "source": found.source})
+        rows.append({"name": name, "available": found.available, "partial": found.partial, "samples": found.samples,
+                     "note": found.note, "location": found.location, "input_shape": list(info.input_shape),
+                     "classes": info.num_classes, "source": found.source})
     table = make_table(f"data sets under {data_mod.resolve_data_dir(data_dir)}",
                        ["name", "found", "input", "classes", "location / where to get it"],
-                       [[r["name"], "yes" if r["available"] else "no", "×".join(map(str, r["input_shape"])),
-                         r["classes"], r["location"] or r["source"]] for r in rows])
+                       [[r["name"], ("yes" + (f", {r['note']}" if r["note"] else "")) if r["available"] else "no",
+                         "×".join(map(str, r["input_shape"])), r["classes"], r["location"] or r["source"]]
+                        for r in rows])
     emit(rows, as_json, table)
 
 
@@ -107,23 +172,28 @@ def train(
     model: str = typer.Option(..., "--model", help="A zoo model name (see `connprune models`)."),
     data: str = typer.Option("digits", "--data", help="Data set name (see `connprune datasets`)."),
     data_dir: Optional[Path] = DataDirOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the data set's recipe)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adam."),
-    seed: int = typer.Option(0, "--seed"),
-    out_dir: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last finished epoch."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help=RECIPE_HELP["epochs"]),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help=RECIPE_HELP["batch_size"]),
+    lr: Optional[float] = typer.Option(None, "--lr", help=RECIPE_HELP["lr"]),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=RECIPE_HELP["optimizer"]),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model's initialisation, the data order and "
+                             "augmentation, and the digits train/test split."),
+    out_dir: Path = typer.Option(..., "--out", help="Checkpoint directory to write (an existing one is refused "
+                                 "unless --overwrite or --resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed or interrupted run from its last finished "
+                                "epoch (a finished checkpoint in --out is kept as it is)."),
+    overwrite: bool = OverwriteOpt,
     model_param: list[str] = ModelParamOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a dense model and write a checkpoint directory."""
     from connprune.experiments.jobs import TrainJob, parse_param_values, train_dense
 
+    check_out_dir(out_dir, overwrite=overwrite, resume=resume)
     recipe = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer).items()
               if v is not None}
     job = TrainJob.build(model=model, data=data, out=out_dir, data_dir=data_dir, seed=seed, resume=resume,
-                         progress=not as_json, model_options=parse_param_values(model_param, "--model-param"),
+                         progress=True, model_options=parse_param_values(model_param, "--model-param"),
                          recipe=recipe)
     result = train_dense(job)
     table = make_table(f"trained {model} on {data} → {out_dir}", ["metric", "value"],
@@ -158,46 +228,91 @@ def eval_cmd(
 
 
 @app.command("methods")
-def methods_cmd(as_json: bool = JsonOpt) -> None:
-    """Every pruning method: name, kind, paper, parameters with defaults."""
+def methods_cmd(
+    name: Optional[str] = typer.Argument(None, help="A method to show in full: kind, paper, what it needs, and every "
+                                         "parameter with its default and description."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The pruning methods (name, kind, summary, parameter names), or one method in full with NAME."""
     from connprune import methods as methods_mod
 
-    rows = [methods_mod.get(name).describe() for name in methods_mod.names()]
-    table = make_table("connprune pruning methods", ["name", "kind", "parameters (defaults)", "paper"],
-                       [[r["name"], r["kind"], ", ".join(f"{k}={v}" for k, v in r["parameters"].items()),
-                         r["paper"]] for r in rows])
+    if name is not None:
+        described = methods_mod.get(name).describe()
+        if as_json:
+            emit(described, True)
+        else:
+            _print_method(described)
+        return
+    rows = [methods_mod.get(n).describe() for n in methods_mod.names()]
+    table = make_table("connprune pruning methods", ["name", "kind", "summary", "parameters"],
+                       [[r["name"], r["kind"], r["summary"], ", ".join(r["parameters"])] for r in rows])
     emit(rows, as_json, table)
+    if not as_json:
+        out.print("defaults and descriptions of the parameters: connprune methods NAME; set them with "
+                  "connprune prune --method NAME --param KEY=VALUE", highlight=False, soft_wrap=True)
+
+
+def _print_method(described: dict[str, Any]) -> None:
+    """One method for people: what it is and needs, then its parameters (default and description)."""
+    needs = ["a trained model (--checkpoint)" if described["needs_trained"] else
+             "a fresh model (--model, --data, --epochs: it prunes at initialisation or while training)"]
+    needs += ["training data"] if described["needs_data"] else []
+    needs += ["trains while it prunes"] if described["needs_training"] else []
+    needs += ["accepts --sparsity auto"] if described["supports_auto"] else []
+    about = make_table(f"method {described['name']}", ["", ""],
+                       [["kind", described["kind"]], ["paper", described["paper"]],
+                        ["summary", described["summary"]], ["needs", "; ".join(needs)]])
+    about.show_header = False
+    params = make_table(f"{described['name']} parameters (--param KEY=VALUE)", ["parameter", "default", "description"],
+                        [[k, json.dumps(v), described["descriptions"].get(k) or "-"]
+                         for k, v in described["parameters"].items()])
+    emit(described, False, about)
+    emit(described, False, params)
 
 
 @app.command()
 def prune(
     method: str = typer.Option(..., "--method", help="A method name (see `connprune methods`)."),
-    sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights to remove, or auto."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Trained checkpoint to prune."),
-    model: Optional[str] = typer.Option(None, "--model", help="For at-initialisation methods: model name."),
-    data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the checkpoint's)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="For at-initialisation methods: epochs to train."),
-    param: list[str] = typer.Option([], "--param", help="Method parameter key=value (repeatable)."),
+    sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights to remove, in [0, 1), or "
+                                 "auto for methods that choose their own (see `connprune methods NAME`)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Trained checkpoint to prune (methods that "
+                                              "prune a trained model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Zoo model to build fresh (methods that prune at "
+                                        "initialisation or while training; not with --checkpoint)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the checkpoint's; required with "
+                                       "--model)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="With --model: epochs to train the pruned "
+                                         "model (default: the data set's recipe: "
+                                         f"{_recipe_defaults('epochs')})."),
+    param: list[str] = typer.Option([], "--param", help="Method parameter key=value, repeatable (each method's "
+                                    "parameters and defaults: `connprune methods NAME`)."),
     model_param: list[str] = ModelParamOpt,
-    finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Fine-tune with masks enforced."),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0, help="With --checkpoint: epochs of "
+                                        "fine-tuning after pruning, masks enforced, at a tenth of the recipe's "
+                                        "learning rate."),
     data_dir: Optional[Path] = DataDirOpt,
     shift: str = typer.Option("none", "--shift", help="Evaluate under shift before and after (see eval)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the method's random choices, the fresh model's "
+                             "initialisation, the data order and the digits train/test split."),
     no_shrink: bool = typer.Option(False, "--no-shrink", help="Keep removed units as masked zeros."),
-    out_dir: Path = typer.Option(..., "--out", help="Checkpoint directory for the pruned model."),
+    out_dir: Path = typer.Option(..., "--out", help="Checkpoint directory for the pruned model (an existing one is "
+                                 "refused unless --overwrite)."),
+    overwrite: bool = OverwriteOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model and write the (physically smaller) checkpoint with metrics.json."""
     from connprune.experiments.jobs import PruneJob, parse_param_values, parse_sparsity, prune_job
 
+    check_out_dir(out_dir, overwrite=overwrite)
     job = PruneJob.build(method=method, sparsity=parse_sparsity(sparsity), out=out_dir, checkpoint=checkpoint,
                          model=model, data=data, epochs=epochs, params=parse_param_values(param),
                          finetune_epochs=finetune_epochs, data_dir=data_dir, shift=shift, seed=seed,
-                         shrink=not no_shrink, progress=not as_json,
+                         shrink=not no_shrink, progress=True,
                          model_options=parse_param_values(model_param, "--model-param"))
     metrics = prune_job(job)
-    if metrics.get("budget_note"):
-        err.print(f"[yellow]note:[/] {metrics['budget_note']}", highlight=False, soft_wrap=True)
+    for key, label in (("budget_note", "[yellow]note:[/]"), ("warning", "[bold yellow]warning:[/]")):
+        if metrics.get(key):
+            err.print(f"{label} {metrics[key]}", highlight=False, soft_wrap=True)
     shown = ["target_sparsity", "masked_sparsity", "achieved_sparsity", "nonzero_weights", "params_before",
              "params_after", "macs_before", "macs_after", "acc_before", "acc_pruned", "acc_after", "prune_seconds",
              "finetune_seconds"]
@@ -212,7 +327,7 @@ def run(
     store: Optional[str] = typer.Option(None, "--store", help="Results store URL: sqlite:///path.db or "
                                         "postgresql://user@host:port/db (default: sqlite in --out)."),
     resume: bool = typer.Option(False, "--resume", help="Reclaim runs of killed workers and retry failed ones."),
-    jobs: int = typer.Option(1, "--jobs", help="Worker processes (each claims runs from the store)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes (each claims runs from the store)."),
     data_dir: Optional[Path] = DataDirOpt,
 ) -> None:
     """Run an experiment grid (models × methods × sparsities × seeds), resumably, into a results store."""
@@ -250,7 +365,7 @@ def report(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where results.json, report.md and plots go."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the digits split, the models and the corruptions."),
 ) -> None:
     """Zero-download showcase on scikit-learn's digits: train, evaluate clean and shifted, report."""
     from connprune.experiments.demo import run_demo
@@ -284,11 +399,37 @@ def export_cmd(
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line on stderr and exit status 2."""
+    """Entry point: run the app; a user mistake is one line on stderr and exit status 2, Ctrl-C exit status 130."""
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="connprune")
     except UserError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        if not _is_click_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `connprune`: typer's rich help has been printed
+            print(exc.format_message(), end="")  # type: ignore[attr-defined]  # (plain click: the help text)
+            sys.exit(0)
+        _fail(f"{exc.format_message()} (see {_command_path(exc)} --help)")  # type: ignore[attr-defined]
+    if code == 130:  # typer turns KeyboardInterrupt into exit code 130
+        err.print(INTERRUPTED, highlight=False, soft_wrap=True)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _is_click_error(exc: BaseException) -> bool:
+    """A usage error of click's (typer bundles its own copy of click, so the class is matched by name)."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
+
+
+def _command_path(exc: BaseException) -> str:
+    context = getattr(exc, "ctx", None)
+    return getattr(context, "command_path", None) or "connprune"

@@ -448,6 +448,6 @@ def _connectivity_rows(job: EvalJob, loaded: checkpoint.Checkpoint, shape: tuple
     return rows + [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
 
 
-__all__ = ["CHANCE_MARGIN", "EvalJob", "HEAT_T_MULTIPLES", "PruneJob", "TrainJob", "build_model", "chance_warning",
+__all__ = ["CHANCE_MARGIN", "HEAT_T_MULTIPLES", "EvalJob", "PruneJob", "TrainJob", "build_model", "chance_warning",
            "check_data_fits", "evaluate_job", "parse_param_values", "parse_sparsity", "prune_job", "prune_model",
            "train_dense"]
