@@ -197,6 +197,8 @@ def test_recipe_defaults_are_spelled_out_in_the_help():
     (["prune", "--method", "magnitude", "--out", "{tmp}/x"], "pass --checkpoint DIR"),
     (["prune", "--method", "snip", "--out", "{tmp}/x"], "pass --model NAME --data NAME"),
     (["eval", "--checkpoint", "/nonexistent"], "does not exist"),
+    (["eval", "--checkpoint", "/nonexistent", "--scree", "{tmp}/x"], "only apply with --connectivity"),
+    (["eval", "--checkpoint", "/nonexistent", "--heat-taps", "first"], "only apply with --connectivity"),
     (["export", "--checkpoint", "/nonexistent", "--format", "pt2", "--out", "{tmp}/x.pt2"], "/nonexistent"),
     (["run", "{tmp}/missing.yaml", "--out", "{tmp}/x"], "missing.yaml"),
     (["run", "{tmp}/missing.yaml", "--out", "{tmp}/x", "--jobs", "0"], "'--jobs'"),

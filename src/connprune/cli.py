@@ -220,6 +220,9 @@ def eval_cmd(
     """Accuracy of a checkpoint, clean and under distribution shift (and its cost with --cost)."""
     from connprune.experiments.jobs import EvalJob, evaluate_job
 
+    if connectivity is None and (scree is not None or heat_taps != "all"):
+        raise UserError("--scree and --heat-taps only apply with --connectivity REFERENCE_CHECKPOINT; add it or drop "
+                        "them")
     job = EvalJob.build(checkpoint=checkpoint, data=data, data_dir=data_dir, shift=shift, seed=seed, cost=with_cost,
                         connectivity=connectivity, heat_taps=heat_taps, scree=scree)
     result, rows, name = evaluate_job(job)
@@ -341,11 +344,11 @@ def run(
               f"next: connprune report {out_dir}", highlight=False, soft_wrap=True)
     if counts["running"]:
         err.print(f"{counts['running']} runs are claimed by other workers; if those died, rerun with --resume",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if summary.failed:
         for row in summary.failed[:10]:
             last = ((row["error"] or "").strip().splitlines() or ["(no message)"])[-1]
-            err.print(f"[red]failed[/] {row['key']}: {last}", highlight=False)
+            err.print(f"[red]failed[/] {row['key']}: {last}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -371,7 +374,7 @@ def demo(
     from connprune.experiments.demo import run_demo
 
     report = run_demo(out_dir, seed=seed)
-    out.print(f"wrote {report}")
+    out.print(f"wrote {report}", highlight=False, soft_wrap=True)
 
 
 @app.command("export")
