@@ -117,6 +117,9 @@ class ModelGraph:
     """Conv/linear layers whose outputs reach the model's output (never prunable)."""
     input_layers: tuple[str, ...] = ()
     """Conv/linear layers whose output channels are tied to the model's input channels (never prunable)."""
+    unmapped: dict[str, str] = field(default_factory=dict)
+    """Conv/linear layers whose channels are coupled in an order connprune does not map → why (never pruned
+    structurally; their weights are still prunable one by one)."""
     details: dict[str, _GroupDetail] = field(default_factory=dict, repr=False)
     """Group root → index maps (consumer slices, depthwise members)."""
     widths: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
@@ -140,6 +143,8 @@ class ModelGraph:
         if layer in self.input_layers:
             raise UserError(f"layer {layer!r} has its output channels tied to the model's input channels (added "
                             "to the input, or depthwise over it), so they cannot be pruned; choose another layer")
+        if layer in self.unmapped:
+            raise UserError(f"{self.unmapped[layer]}; choose another layer")
         if layer in self.layers:  # pragma: no cover - every traced layer is a producer or an output layer
             raise UserError(f"layer {layer!r} has no prunable output channels")
         raise UserError(f"unknown layer {layer!r}; name a conv/linear module of the model, e.g. "
@@ -153,6 +158,12 @@ class ModelGraph:
         """Non-depthwise consumer of group ``root`` → for each group channel, the consumer's input indices that read
         it (one index between convs; the ``H*W`` block of a flatten for a linear consumer)."""
         return self.details[root].slices
+
+    def reads_of(self, layer: str) -> dict[str, list[list[int]]]:
+        """Consumers of ``layer``'s output channels → for each of its channels, the consumer's input columns that
+        read it (through concatenations, flattens and residual adds); empty for an output layer."""
+        group = self.producer_group(layer)
+        return dict(self.consumer_slices(group.root)) if group is not None else {}
 
     def depthwise_members(self, root: str) -> tuple[str, ...]:
         """Depthwise convs inside group ``root`` (producers and consumers of its channels at once)."""
@@ -317,6 +328,8 @@ class _GroupScan:
     depthwise: set[str] = field(default_factory=set)
     coupled: set[str] = field(default_factory=set)
     tied: set[str] = field(default_factory=set)
+    unmapped: str | None = None
+    """Why the group cannot be pruned (producers coupled in an order connprune does not map), if it cannot."""
     blocks: int = 1
     exact: bool = True
     reaches_output: bool = False
@@ -335,6 +348,7 @@ class _GroupScan:
         if name is not None and isinstance(module, nn.MultiheadAttention):
             self.tied.add(f"{name}.out_proj")
             self.blocks = max(self.blocks, module.num_heads)  # the embedding must stay divisible by the heads
+            self.exact = False  # fewer dimensions per head change the scaling of the attention scores
         self.exact &= not channel_norm(module)
         if is_depthwise(module):
             return
@@ -367,10 +381,10 @@ def _scan_group(dg: tp.DependencyGraph, root: str, module: nn.Module, names: dic
             scan.producers.add(member)
         elif _is_out(dg, dep.handler):
             scan.producers.add(member)
-            if list(item.root_idxs) != list(idxs):
-                raise UserError(f"layer {member!r} shares channels with {root!r} in a permuted or sliced order "
-                                "(torch.cat/split/slicing on the channel axis); connprune supports channels "
-                                "coupled by additions only")
+            if list(item.root_idxs) != list(idxs) or _width(modules[member])[1] != channels:
+                scan.unmapped = (f"Torch-Pruning couples the outputs of {member!r} and {root!r} in a permuted or "
+                                 "partial order (a split or shuffle on the channel axis), which connprune does not "
+                                 "map, so these channels are left unpruned")
         else:
             scan.consumers[member] = (list(idxs), list(item.root_idxs))
     return channels, scan
@@ -432,6 +446,7 @@ def _trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ModelGraph:
     details: dict[str, _GroupDetail] = {}
     outputs: set[str] = set()
     inputs: set[str] = set()
+    unmapped: dict[str, str] = {}
     visited: set[str] = set()
     for name in layer_set:
         if name in visited or name not in node_of:
@@ -441,6 +456,9 @@ def _trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ModelGraph:
         if scan.reaches_output or scan.reaches_input:
             (outputs if scan.reaches_output else inputs).update(scan.producers)
             continue
+        if scan.unmapped is not None:
+            unmapped.update({producer: scan.unmapped for producer in scan.producers})
+            continue
         group, detail = _make_group(channels, scan, modules, position)
         groups.append(group)
         details[group.root] = detail
@@ -449,6 +467,7 @@ def _trace(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ModelGraph:
     return ModelGraph(model=model, example_inputs=example, dg=dg, layers=layer_set, groups=groups, pairs=pairs,
                       output_layers=tuple(sorted(outputs, key=position.__getitem__)),
                       input_layers=tuple(sorted(inputs, key=position.__getitem__)), details=details,
+                      unmapped=unmapped,
                       widths={name: _width(modules[name]) for name in layer_set}, fingerprint=_fingerprint(model))
 
 def _reads_untraced(node: tp.Node) -> bool:

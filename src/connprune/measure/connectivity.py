@@ -258,14 +258,18 @@ def probe_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> dict[i
 
 # ------------------------------------------------------------------------------------------ activations of a model
 def _reduce(tensor: torch.Tensor, features_per_channel: int) -> torch.Tensor:
-    """Per-sample channel means: ``(B, C, H, W)`` → mean over H, W; ``(B, C·k)`` flatten → mean over each block."""
+    """Per-sample channel means: ``(B, C, H, W)`` → mean over H, W; ``(B, T, C)`` tokens → mean over T; ``(B, C·k)``
+    flatten → mean over each block."""
     if tensor.dim() == 4:
         return tensor.mean(dim=(2, 3))
+    if tensor.dim() == 3:
+        return tensor.mean(dim=1)
     if tensor.dim() == 2:
         if features_per_channel == 1:
             return tensor
         return tensor.reshape(tensor.shape[0], -1, features_per_channel).mean(dim=2)
-    raise UserError(f"connectivity supports conv (B, C, H, W) and linear (B, F) activations, got a tensor of shape "
+    raise UserError(f"connectivity supports conv (B, C, H, W), token (B, T, C) and linear (B, F) activations, got a "
+                    "tensor of shape "
                     f"{tuple(tensor.shape)}")
 
 
@@ -276,19 +280,24 @@ class _Site:
     module: str
     where: Literal["input", "output"]
     features_per_channel: int = 1
+    channels: tuple[int, ...] | None = None
+    """The reduced channels to keep, in order (a reader that also reads other producers, e.g. a concatenation)."""
 
 
 def _sites(graph: ModelGraph, layers: list[GhostLayer], site: Site) -> dict[str, tuple[_Site, _Site]]:
     """Child → (parent activation site, child activation site)."""
-    consumers: dict[str, tuple[str, int]] = {}
-    for pair in graph.pairs:  # pairs are listed in forward order of the child
-        consumers.setdefault(pair.parent, (pair.child, pair.features_per_channel))
     sites = {}
     for layer in layers:
         if site == "post":
             parent = _Site(layer.child, "input", layer.features_per_channel)
-            reader = consumers.get(layer.child)
-            child = _Site(reader[0], "input", reader[1]) if reader else _Site(layer.child, "output")
+            readers = graph.reads_of(layer.child)  # what the child's first reader sees of it
+            reader = next((name for name in graph.layers if name in readers), None)
+            if reader is None:
+                child = _Site(layer.child, "output")
+            else:
+                columns = readers[reader]
+                block = len(columns[0])
+                child = _Site(reader, "input", block, tuple(per_channel[0] // block for per_channel in columns))
         elif site == "module":
             parent = _Site(layer.parents[-1], "output")
             child = _Site(layer.child, "output")
@@ -314,7 +323,8 @@ class _Recorder:
 
     def _pre(self, s: _Site):  # noqa: ANN202 - hook factory
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            self.values[s] = _reduce(args[0].detach(), s.features_per_channel).to(torch.float64)
+            reduced = _reduce(args[0].detach(), s.features_per_channel).to(torch.float64)
+            self.values[s] = reduced if s.channels is None else reduced[:, list(s.channels)]
         return hook
 
     def _post(self, s: _Site):  # noqa: ANN202 - hook factory

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from connprune.graph.inputs import ExampleInputs, batch_of, for_model, is_shape
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -30,30 +32,30 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of one forward pass of a single ``input_shape`` (C, H, W) input; see the module docstring.
+def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
+    """MACs of one forward pass of a single sample; see the module docstring. ``example_inputs``: a shape
+    ``(C, H, W)`` (a zero image) or example tensors (their first sample).
 
     The model runs in eval mode under ``torch.no_grad()`` on the device and dtype of its first parameter (or buffer;
     CPU float32 if it has neither), and every submodule's ``training`` flag is restored afterwards.
     """
-    reference = next(iter(model.parameters()), None)
-    if reference is None:
-        reference = next(iter(model.buffers()), None)
-    device = reference.device if reference is not None else torch.device("cpu")
-    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
-    x = torch.zeros((1, *tuple(int(s) for s in input_shape)), device=device, dtype=dtype)
+    inputs = for_model(model, example_inputs)
+    if is_shape(example_inputs):
+        inputs = tuple(torch.zeros_like(t) for t in inputs)
+    inputs = batch_of(inputs, 1)
     modes = [(module, module.training) for module in model.modules()]
     try:
         model.eval()
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            model(x)
+            model(*inputs)
         return int(counter.get_total_flops()) // 2
     finally:
         for module, training in modes:
             module.training = training
 
 
-def cost(model: nn.Module, input_shape: tuple[int, int, int]) -> Cost:
-    """Parameters and MACs (batch 1, eval mode, no grad) of ``model`` on inputs of shape ``input_shape`` (C, H, W)."""
-    return Cost(params=count_params(model), macs=count_macs(model, input_shape))
+def cost(model: nn.Module, example_inputs: ExampleInputs) -> Cost:
+    """Parameters and MACs (batch 1, eval mode, no grad) of ``model`` on ``example_inputs`` (a shape ``(C, H, W)``
+    or example tensors)."""
+    return Cost(params=count_params(model), macs=count_macs(model, example_inputs))

@@ -197,16 +197,16 @@ class _Edges:
     cols: list[np.ndarray] = field(default_factory=list)
     vals: list[np.ndarray] = field(default_factory=list)
 
-    def connect(self, src_block: tuple[int, int], dst_blocks: list[tuple[int, int]], edge: np.ndarray,
+    def connect(self, src_block: tuple[int, int], destinations: list[np.ndarray], edge: np.ndarray,
                 what: str) -> None:
-        """Edges from the ``src_block`` units (columns of ``edge``) to each destination block (its rows)."""
-        for dst_start, dst_size in dst_blocks:
-            if edge.shape[0] != dst_size:
-                raise UserError(f"{what}: {edge.shape[0]} output units but the reading layer has {dst_size} input "
-                                "units (channels concatenated or sliced?); the unit graph supports adds only")
+        """Edges from the ``src_block`` units (columns of ``edge``) to the nodes each destination maps the edge's
+        rows (output units) to."""
+        for nodes in destinations:
+            if edge.shape[0] != len(nodes):
+                raise UserError(f"{what}: {edge.shape[0]} output units but {len(nodes)} reading nodes")
             out_idx, in_idx = np.nonzero(edge)
             self.rows.append(src_block[0] + in_idx)
-            self.cols.append(dst_start + out_idx)
+            self.cols.append(nodes[out_idx])
             self.vals.append(edge[out_idx, in_idx])
 
     def adjacency(self, total: int, weighted: bool) -> sp.csr_matrix:
@@ -256,13 +256,24 @@ def unit_graph(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str,
         features.setdefault(pair.child, pair.features_per_channel)
     layout = _layout(graph, parents, features)
 
-    def output_blocks(layer: str) -> list[tuple[int, int]]:
+    def output_blocks(layer: str) -> list[np.ndarray]:
+        """The nodes ``layer``'s output units are, in each layer that reads them (through concatenations: the
+        reader's input columns of each unit) or among the classes."""
         if layer in graph.output_layers:
-            return [layout.offsets["classes"]]
+            start, size = layout.offsets["classes"]
+            return [np.arange(start, start + size)]
         if not children[layer]:
             raise UserError(f"layer {layer!r} feeds no other weight layer and not the output; its output units "
                             "have no node")
-        return [layout.offsets[f"{child}:in"] for child in children[layer]]
+        reads = graph.reads_of(layer)
+        nodes = []
+        for child in children[layer]:
+            start, size = layout.offsets[f"{child}:in"]
+            columns = reads.get(child)
+            units = np.arange(size) if columns is None else \
+                np.array([per_channel[0] // features.get(child, 1) for per_channel in columns])
+            nodes.append(start + units)
+        return nodes
 
     edges = _Edges()
     for name in graph.layers:

@@ -13,6 +13,7 @@ is strict and the groups it leaves unpruned are counted in the result's ``info["
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -193,4 +194,8 @@ def structured_removal(model: nn.Module, sparsity: float, data: PruneData, param
             "budget_unit": max((g.weights_per_channel * step[g.root] for g in groups), default=1),
             "groups_unpruned_by_alignment": sum(kept_at(ratio)[g.root] == g.channels > unaligned[g.root]
                                                 for g in groups)}
+    if graph.unmapped:  # say which layers no structured method can prune here, and why (never silently)
+        info["layers_left_unpruned"] = dict(graph.unmapped)
+        warnings.warn(f"{len(graph.unmapped)} layer(s) left unpruned: {next(iter(graph.unmapped.values()))}",
+                      stacklevel=3)
     return PruningResult(remove=remove, info=info)

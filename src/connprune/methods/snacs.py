@@ -112,6 +112,11 @@ def phi_values(mean_weights: torch.Tensor, phi: Phi) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------- sensitivity
+def _read_columns(weight: torch.Tensor, columns: list[list[int]]) -> torch.Tensor:
+    """A consumer's weight restricted to the input columns that read one producer's channels, in its channel order."""
+    return weight[:, [index for per_channel in columns for index in per_channel]]
+
+
 def sensitivity(grandchild_weights: list[tuple[torch.Tensor, int]], child: ChildLayer) -> torch.Tensor:
     """``s_c`` per child group (docs/methods/snacs.md §2 "Sensitivity"): ``imp[k, j] = V̂[k, j] / Σ_j' V̂[k, j']`` over
     the rows k of every grandchild (normalised weights, kernel/block-averaged to one value per child unit j), and ``s_c
@@ -228,12 +233,11 @@ class Snacs(ConnectivityPruning):
             state.info["constraint_curves"] = {"levels": list(params.constraint_grid), **curves}
         state.seconds["constraints"] = time.perf_counter() - started
         started = time.perf_counter()
-        consumers: dict[str, list[tuple[str, int]]] = {}
-        for pair in state.graph.pairs:
-            consumers.setdefault(pair.parent, []).append((pair.child, pair.features_per_channel))
         protected = {}
         for child in state.children:
-            grandchildren = [(normalised[f"{name}.weight"], block) for name, block in consumers.get(child.name, [])
+            # each grandchild's columns that read this child's channels, in channel order (through concatenations)
+            grandchildren = [(_read_columns(normalised[f"{name}.weight"], columns), len(columns[0]))
+                             for name, columns in state.graph.reads_of(child.name).items()
                              if f"{name}.weight" in normalised and not is_grouped(model.get_submodule(name))]
             if not grandchildren or params.protect_fraction == 0:
                 continue

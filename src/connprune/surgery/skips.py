@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from connprune.errors import UserError
-from connprune.graph import build
+from connprune.graph import ExampleInputs, build, for_model, probe
 from connprune.surgery import edits
 
 CONTAINER = "skips"
@@ -117,8 +117,8 @@ class SkipSite:
                 "connections": int(connections), "seed": int(seed), "span": self.span, "layout": layout}
 
 
-def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dict[str, tuple[int, ...]],
-                                                                     dict[str, tuple[int, ...]]]:
+def _trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str], dict[str, tuple[int, ...]],
+                                                                      dict[str, tuple[int, ...]]]:
     """Leaf modules in execution order with their input and output shapes (one forward pass, batch of 2)."""
     order: list[str] = []
     in_shapes: dict[str, tuple[int, ...]] = {}
@@ -140,8 +140,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int]) -> tuple[list[str], dic
     model.eval()
     try:
         with torch.no_grad():
-            parameter = next(model.parameters())
-            model(torch.zeros(2, *input_shape, device=parameter.device, dtype=parameter.dtype))
+            model(*probe(for_model(model, example_inputs), batch=2))
     finally:
         for handle in handles:
             handle.remove()
@@ -182,7 +181,7 @@ def _site(model: nn.Module, source: str, target: str, order: list[str], in_shape
     return None
 
 
-def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement: Placement = "auto",
+def plan(model: nn.Module, example_inputs: ExampleInputs, span: int = 3, placement: Placement = "auto",
          kernel_size: int | None = None) -> list[SkipSite]:
     """Skip sites for ``model`` (see the module docstring), derived from its layer graph (:func:`graph.build`).
 
@@ -192,8 +191,8 @@ def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement:
     if span < 2:
         raise UserError(f"a skip must span at least 2 weight layers (span={span}); the paper uses 3")
     with detached(model):
-        graph = build(model, tuple(input_shape))
-        order, in_shapes, out_shapes = _trace(model, input_shape)
+        graph = build(model, example_inputs)
+        order, in_shapes, out_shapes = _trace(model, example_inputs)
     layers = list(graph.layers)  # the branches are detached: only the network's own layers
     residual = any(pair.residual for pair in graph.pairs)
     shorter_allowed = placement == "auto"
@@ -227,7 +226,10 @@ def plan(model: nn.Module, input_shape: Sequence[int], span: int = 3, placement:
                 sites.append(site)
         if not sites:
             raise UserError("placement='blocks' found no residual blocks (modules with conv1, conv2 and "
-                            "downsample); use placement=chain for plain networks")
+                            "downsample, as connprune's ResNets have); "
+                            + ("this model has residual adds elsewhere, so no skip site can be chosen for it: "
+                               "N2NSkip applies to plain chains of layers and to such residual blocks"
+                               if residual else "use placement=chain for plain networks"))
     else:
         raise UserError(f"unknown skip placement {placement!r}; choose auto, chain, every or blocks")
     if not sites:
