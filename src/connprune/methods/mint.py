@@ -58,18 +58,14 @@ from connprune.measure import activations as acts
 from connprune.measure.mutual_information import edge_cmi_matrix, mst_cmi_matrix
 from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.methods import level_sweep, register, score_cache
-from connprune.methods.base import (
-    Kind,
-    MethodParams,
-    PruneData,
-    PruningMethod,
-    PruningResult,
-    Sparsity,
-    resolve_example_inputs,
-)
+from connprune.methods.base import (Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity,
+                                    resolve_example_inputs)
 from connprune.methods.budget import fit_to_surgery
 
-__all__ = ["ChildLayer", "ConnectivityParams", "Mint", "MintParams", "auto_groups", "cell_masks", "group_labels",
+Thresholds = Literal["layer", "normalised", "global"]
+
+__all__ = ["ChildLayer", "ConnectivityParams", "Mint", "MintParams", "auto_groups", "cell_masks", "comparable_scores",
+           "group_labels",
            "plan_children", "score_children", "select_cells"]
 
 AUTO_MAX_GROUPS = 64
@@ -194,19 +190,52 @@ def scoring_activations(model: nn.Module, children: list[ChildLayer], data: Imag
 
 
 def score_children(children: list[ChildLayer], activations: acts.Activations, *,
-                   estimator: Literal["edge", "mst"] = "edge", seed: int = 0) -> dict[str, torch.Tensor]:
-    """``ρ`` matrix (G_child × G_parent, float64, CPU) of every child layer (docs/methods/mint.md §2 "Score")."""
+                   estimator: Literal["edge", "mst", "random"] = "edge", seed: int = 0,
+                   **edge: Any) -> dict[str, torch.Tensor]:
+    """``ρ`` matrix (G_child × G_parent, float64, CPU) of every child layer (docs/methods/mint.md §2 "Score").
+    ``edge`` keywords (``conditioning``, ``z_dim``, ``transform``) go to :func:`edge_cmi_matrix`; ``random`` draws
+    uniform scores (a seeded control: random cells under the same thresholds)."""
     scores = {}
-    for child in children:
+    for index, child in enumerate(children):
         x, y = activations.outputs[child.name], activations.inputs[child.name]
         if estimator == "edge":
-            rho = edge_cmi_matrix(x, y, child.child_labels, child.parent_labels, seed=seed)
+            rho = edge_cmi_matrix(x, y, child.child_labels, child.parent_labels, seed=seed, **edge)
         elif estimator == "mst":
             rho = mst_cmi_matrix(x, y, child.child_labels, child.parent_labels, seed=seed)
+        elif estimator == "random":
+            generator = torch.Generator().manual_seed(seed * 1009 + index)
+            rho = torch.rand(child.shape, generator=generator, dtype=torch.float64)
         else:
-            raise UserError(f"unknown estimator {estimator!r}; choose 'edge' or 'mst'")
+            raise UserError(f"unknown estimator {estimator!r}; choose 'edge', 'mst' or 'random'")
         scores[child.name] = rho.cpu()
     return scores
+
+
+def comparable_scores(scores: dict[str, torch.Tensor], thresholds: Thresholds) -> dict[str, torch.Tensor]:
+    """The scores as the thresholds compare them across layers (docs/methods/mint.md §2 "Thresholds"):
+
+    - ``layer``: each cell's quantile within its layer, ``k/cells`` for the k-th lowest (ties: lower index first), so
+      a threshold π prunes the fraction π of every layer's cells (per-layer thresholds);
+    - ``normalised``: each score divided by its layer's mean, so a global threshold is the same multiple of every
+      layer's mean (layers whose scores spread more lose more);
+    - ``global``: as they are (the reference's pooled rule; EDGE scores are not comparable across layers, their scale
+      follows the group sizes and the conditioning dimension).
+    """
+    if thresholds == "global":
+        return dict(scores)
+    compared = {}
+    for name, rho in scores.items():
+        flat = rho.reshape(-1).to(torch.float64)
+        if thresholds == "layer":
+            quantile = torch.empty_like(flat)
+            quantile[torch.argsort(flat, stable=True)] = torch.arange(1, len(flat) + 1, dtype=torch.float64) / len(flat)
+        elif thresholds == "normalised":
+            mean = float(flat.mean())
+            quantile = flat / mean if mean > 0 else torch.zeros_like(flat)
+        else:
+            raise UserError(f"unknown thresholds {thresholds!r}; choose 'layer', 'normalised' or 'global'")
+        compared[name] = quantile.reshape(rho.shape)
+    return compared
 
 
 # ---------------------------------------------------------------------------------------------------- thresholding
@@ -235,8 +264,9 @@ def _eligible(rho: torch.Tensor, protected: torch.Tensor | None, keep_connected:
 
 
 def _by_prune_level(scores: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor], caps: dict[str, int],
-                    prune_level: float) -> dict[str, torch.Tensor]:
-    """MINT's global threshold δ at prune level π, each layer capped at its limit."""
+                    prune_level: float, quantiles: bool = False) -> dict[str, torch.Tensor]:
+    """MINT's global threshold δ at prune level π (``quantiles``: the scores are within-layer quantiles and δ = π),
+    each layer capped at its limit."""
     if not 0.0 <= prune_level <= 1.0:
         raise UserError(f"prune level π must be in [0, 1], got {prune_level}")
     pooled = torch.unique(torch.cat([rho.reshape(-1) for rho in scores.values()]))
@@ -245,7 +275,7 @@ def _by_prune_level(scores: dict[str, torch.Tensor], eligible: dict[str, torch.T
         if prune_level <= 0.0:
             result[name] = torch.zeros_like(rho, dtype=torch.bool)
             continue
-        delta = pooled[min(round(prune_level * len(pooled)), len(pooled) - 1)]
+        delta = prune_level + 1e-12 if quantiles else pooled[min(round(prune_level * len(pooled)), len(pooled) - 1)]
         below = (rho <= delta) & eligible[name]
         if int(below.sum()) >= caps[name]:
             below = _lowest(rho, caps[name], eligible[name])
@@ -291,12 +321,13 @@ def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
                  cell_weights: dict[str, int | torch.Tensor] | None = None, target_weights: int | None = None,
                  prune_level: float | None = None,
                  protected: dict[str, torch.Tensor] | None = None,
-                 keep_connected: bool = False) -> dict[str, torch.Tensor] | None:
+                 keep_connected: bool = False, quantiles: bool = False) -> dict[str, torch.Tensor] | None:
     """Which (child group, parent group) cells to prune (True = prune), per layer.
 
     Exactly one of:
 
-    - ``prune_level`` π ∈ [0, 1] (docs/methods/mint.md §2 "Thresholds"): ``δ = U[min(round(π·|U|), |U|−1)]`` over
+    - ``prune_level`` π ∈ [0, 1] (docs/methods/mint.md §2 "Thresholds"): ``δ = π`` for within-layer quantile scores
+      (``quantiles``, :func:`comparable_scores` ``layer``), else ``δ = U[min(round(π·|U|), |U|−1)]`` over
       the pooled sorted unique scores, cells with ``ρ ≤ δ`` pruned; a layer where that reaches its limit (``≥ u_l``
       of its cells) prunes instead its ``round(u_l·cells)`` lowest cells. π = 0 prunes nothing; π = 1 prunes every
       layer to its limit (SNACS's single-shot mode).
@@ -315,7 +346,7 @@ def select_cells(scores: dict[str, torch.Tensor], limits: dict[str, float], *,
     eligible = {name: _eligible(rho, protected.get(name), keep_connected) for name, rho in scores.items()}
     caps = {name: _cap_cells(limits.get(name, 1.0), rho.numel()) for name, rho in scores.items()}
     if prune_level is not None:
-        return _by_prune_level(scores, eligible, caps, prune_level)
+        return _by_prune_level(scores, eligible, caps, prune_level, quantiles)
     if cell_weights is None:
         raise ValueError("target_weights needs cell_weights")
     return _by_target(scores, eligible, caps, cell_weights, int(target_weights))
@@ -361,8 +392,22 @@ def cell_masks(model: nn.Module, children: list[ChildLayer],
 class ConnectivityParams(MethodParams):
     """Parameters shared by MINT and SNACS."""
 
-    estimator: Literal["edge", "mst"] = "edge"
-    """CMI estimator: ``edge`` (hash-based, fast) or ``mst`` (MINT's reference, O(N²) per cell)."""
+    estimator: Literal["edge", "mst", "random"] = "edge"
+    """CMI estimator: ``edge`` (hash-based, fast), ``mst`` (MINT's reference, O(N²) per cell) or ``random`` (seeded
+    uniform scores: the random-cell control under the same thresholds and limits)."""
+    conditioning: Literal["auto", "regression", "random"] = "auto"
+    """How ``edge`` conditions on the other parents: their ridge predictions of the child and parent groups
+    (``regression``; ``auto`` uses it whenever there are more other parents than the two groups' units) or one random
+    projection of them (``random``, the earlier default)."""
+    z_dim: int | Literal["auto"] = "auto"
+    """Dimension of the conditioning variable (``auto``: the two groups' predictors, up to 4, for ``regression``;
+    1 for ``random``)."""
+    transform: Literal["none", "rank"] = "none"
+    """``rank``: normal scores of every activation before the estimate (invariant to monotone transforms)."""
+    thresholds: Thresholds = "layer"
+    """How scores are compared across layers: ``layer`` (quantiles within each layer: π prunes the same fraction of
+    every layer), ``normalised`` (scores over the layer's mean, one global threshold) or ``global`` (raw pooled
+    scores, the reference's rule)."""
     groups: int | Literal["auto"] = "auto"
     """Groups per layer: at most this many (the largest divisor of the width ≤ it); ``auto`` = 64."""
     layer_groups: dict[str, int] = Field(default_factory=dict)
@@ -383,9 +428,10 @@ class ConnectivityParams(MethodParams):
     exclude: list[str] = Field(default_factory=list)
     """Layers whose incoming connections are never pruned."""
     prune_level: float | None = Field(None, ge=0.0, le=1.0)
-    """π for ``sparsity=auto`` (MINT's global threshold); None with an empty ``pi_grid``: the method's default."""
+    """A fixed π for ``sparsity=auto`` (MINT's threshold level) instead of the method's default."""
     pi_grid: list[float] = Field(default_factory=list)
-    """``sparsity=auto`` sweep: fine-tune each π and keep the most compressed within ``max_accuracy_drop``."""
+    """``sparsity=auto`` sweep: fine-tune each π and keep the most compressed within ``max_accuracy_drop`` (empty:
+    the method's default grid, unless ``prune_level`` fixes π)."""
     sweep_epochs: int = Field(1, ge=0)
     """Fine-tuning epochs per π of the sweep."""
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
@@ -398,7 +444,7 @@ class ConnectivityParams(MethodParams):
 
 class MintParams(ConnectivityParams):
     prune_level: float | None = Field(None, ge=0.0, le=1.0)
-    """π for ``sparsity=auto`` when ``pi_grid`` is empty (default 0.5)."""
+    """A fixed π for ``sparsity=auto`` instead of the π sweep (``pi_grid``, default 0.1, 0.2, …, 1.0)."""
 
 
 @dataclass
@@ -409,8 +455,11 @@ class ScoringState:
     children: list[ChildLayer]
     activations: acts.Activations
     scores: dict[str, torch.Tensor]
+    """Connection scores (negative CMI estimates clipped to 0; SNACS: φ-weighted)."""
     limits: dict[str, float]
     protected: dict[str, torch.Tensor] = field(default_factory=dict)
+    compared: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The scores as the thresholds compare them (:func:`comparable_scores`), set after :meth:`adapt`."""
     seconds: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -448,7 +497,8 @@ class ConnectivityPruning(PruningMethod):
                                               patch_means=self.needs_patch_means)
             seconds["activations"] = time.perf_counter() - started
             started = time.perf_counter()
-            scores = score_children(children, activations, estimator=params.estimator, seed=params.seed)
+            scores = score_children(children, activations, estimator=params.estimator, seed=params.seed,
+                                    conditioning=params.conditioning, z_dim=params.z_dim, transform=params.transform)
             seconds["cmi"] = time.perf_counter() - started
             score_cache.put(key, (activations, scores, dict(seconds)))
             cache_info = {"scores_from_cache": False}
@@ -458,8 +508,11 @@ class ConnectivityPruning(PruningMethod):
             cache_info = {"scores_from_cache": True, "first_seconds_activations": first["activations"],
                           "first_seconds_cmi": first["cmi"]}
         limits = {c.name: params.layer_limits.get(c.name, params.upper_limit) for c in children}
-        state = ScoringState(graph, children, activations, dict(scores), limits, seconds=seconds, info=cache_info)
+        cache_info["negative_cells"] = {n: float((s < 0).double().mean()) for n, s in scores.items()}
+        clipped = {n: s.clamp(min=0.0) for n, s in scores.items()}  # negative estimates are noise: never rank above 0
+        state = ScoringState(graph, children, activations, clipped, limits, seconds=seconds, info=cache_info)
         self.adapt(model, state, data)
+        state.compared = comparable_scores(state.scores, params.thresholds)
         return state
 
     def adapt(self, model: nn.Module, state: ScoringState, data: PruneData) -> None:
@@ -471,8 +524,9 @@ class ConnectivityPruning(PruningMethod):
         level π."""
         info: dict[str, Any] = {}
         if sparsity is None:
-            pruned = select_cells(state.scores, state.limits, prune_level=prune_level, protected=state.protected,
-                                  keep_connected=self.params.keep_connected)
+            pruned = select_cells(state.compared, state.limits, prune_level=prune_level, protected=state.protected,
+                                  keep_connected=self.params.keep_connected,
+                                  quantiles=self.params.thresholds == "layer")
             info["layer_pruned_cells"] = {n: float(p.float().mean()) for n, p in pruned.items()}
             return cell_masks(model, state.children, pruned), info
 
@@ -485,7 +539,7 @@ class ConnectivityPruning(PruningMethod):
                 masks[name] = keep & ~entries.to(keep.device)
             return masks
 
-        trim = {c.weight_name: cell_scores(model, c, state.scores[c.name]) for c in state.children}
+        trim = {c.weight_name: cell_scores(model, c, state.compared[c.name]) for c in state.children}
         trim.update({name: torch.full(w.shape, float("-inf")) for name, w in prunable_weights(model).items()
                      if name not in trim})
         masks, info["budget_rounds"] = fit_to_surgery(select, sparsity, model, state.graph.example_inputs,
@@ -502,7 +556,7 @@ class ConnectivityPruning(PruningMethod):
         cells = {c.name: c.cell_weights() - _cell_counts(forced.get(c.weight_name), c) for c in state.children}
 
         def pick(limits: dict[str, float]) -> dict[str, torch.Tensor] | None:
-            return select_cells(state.scores, limits, cell_weights=cells, target_weights=target,
+            return select_cells(state.compared, limits, cell_weights=cells, target_weights=target,
                                 protected=state.protected, keep_connected=self.params.keep_connected)
 
         pruned = pick(state.limits)
@@ -519,7 +573,7 @@ class ConnectivityPruning(PruningMethod):
             info["budget_reason"] = (f"{self.name} may prune at most {most:.4f} of the weights: protected filters "
                                      "(protect_fraction), each child group's best input (keep_connected) and "
                                      "unscored layers stay")
-            return select_cells(state.scores, unlimited, cell_weights=cells, target_weights=reachable,
+            return select_cells(state.compared, unlimited, cell_weights=cells, target_weights=reachable,
                                 protected=state.protected, keep_connected=self.params.keep_connected)
         low, high = 0.0, 1.0
         for _ in range(30):
@@ -533,7 +587,7 @@ class ConnectivityPruning(PruningMethod):
         """Weights the limits let the masks remove (protected groups and, with keep_connected, each group's best
         cell stay)."""
         total = 0
-        for name, rho in state.scores.items():
+        for name, rho in state.compared.items():
             allowed = _eligible(rho, state.protected.get(name), self.params.keep_connected)
             chosen = _lowest(rho, _cap_cells(limits.get(name, 1.0), rho.numel()), allowed)
             total += int(torch.as_tensor(cells[name]).expand(rho.shape)[chosen].sum())
@@ -541,9 +595,10 @@ class ConnectivityPruning(PruningMethod):
 
     def auto_masks(self, model: nn.Module, state: ScoringState,
                    data: PruneData) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """``sparsity="auto"``: π sweep when ``pi_grid`` is given, else one prune level."""
+        """``sparsity="auto"``: the π sweep (``pi_grid``, else the method's default grid unless ``prune_level`` fixes
+        π), else one prune level."""
         params = self.params
-        grid = params.pi_grid or self.default_pi_grid
+        grid = params.pi_grid or (() if params.prune_level is not None else self.default_pi_grid)
         if not grid:
             level = params.prune_level if params.prune_level is not None else self.default_prune_level
             masks, info = self.masks_for(model, state, None, level)
@@ -561,7 +616,7 @@ class ConnectivityPruning(PruningMethod):
         else:
             masks, info = self.masks_for(model, state, float(sparsity), None)
         state.seconds["masks"] = time.perf_counter() - started
-        info = {**state.info, **info, "estimator": self.params.estimator,
+        info = {**state.info, **info, "estimator": self.params.estimator, "thresholds": self.params.thresholds,
                 "layer_limits": dict(state.limits),
                 "groups": {c.name: list(c.shape) for c in state.children},
                 "stage_seconds": dict(state.seconds),
@@ -577,3 +632,4 @@ class Mint(ConnectivityPruning):
     summary = ("remove the filter-group connections of least conditional MI given the other parents; global "
                "threshold with per-layer limits; disconnected filters removed")
     Params = MintParams
+    default_pi_grid = tuple(round(0.1 * k, 1) for k in range(1, 11))
