@@ -50,12 +50,13 @@ def linear_gaussian(dz: int, a: float, n: int, seed: int) -> tuple[np.ndarray, n
 # ------------------------------------------------------------------------------------- conditional independence
 @pytest.mark.parametrize("others", [5, 50])
 def test_conditionally_independent_pair_scores_zero(others):
-    """True CMI 0, MI 0.33: the regression conditioning scores it within EDGE's noise of 0 (|Î| ≤ 0.06, observed
-    about −0.046 ± 0.008 over seeds), while one random projection of the other parents keeps most of the MI."""
+    """True CMI 0, MI 0.33: the regression conditioning scores it within EDGE's noise of 0 (|Î| ≤ 0.03; observed
+    0.013–0.019 over seeds, the plug-in's upward bias), while one random projection of the other parents keeps most
+    of the MI (0.29)."""
     for seed in range(3):
         x, y, z = common_cause(3000, others, seed)
         assert edge_mi(x, y) > 0.25
-        assert abs(edge_cmi(x, y, z, seed=seed)) <= 0.06
+        assert abs(edge_cmi(x, y, z, seed=seed)) <= 0.03
         assert abs(ksg_cmi(x, y, regression_conditioning(*(torch.as_tensor(v)[None] for v in (
             x[:, None], y[:, None], z)))[0].numpy())) <= 0.03
     x, y, z = common_cause(3000, others, 0)
@@ -64,9 +65,9 @@ def test_conditionally_independent_pair_scores_zero(others):
 
 def test_conditionally_independent_cell_of_a_layer_matrix():
     """A child unit driven by parent 0 only; parent 1 is a noisy copy of parent 0, parents 2–9 are unrelated. Cell
-    (child, 1) is conditionally independent given the other parents (KSG: 0.016 nats; cell 0: 0.12): it scores at
-    the level of the unrelated parents — EDGE's chain rule sits about 0.085 nats below 0 for every null cell here,
-    because I(X; Ẑ) is large — and far below cell (child, 0)."""
+    (child, 1) is conditionally independent given the other parents (KSG: 0.016 nats; cell 0: 0.12): it scores no
+    higher than the unrelated parents (the plug-in's null level here, 0.03–0.04 nats; observed 0.013–0.017 for cell 1)
+    and far below cell (child, 0) (observed 0.16)."""
     rng = np.random.default_rng(3)
     n = 3000
     parent = rng.standard_normal((n, 10))
@@ -75,8 +76,8 @@ def test_conditionally_independent_cell_of_a_layer_matrix():
     rho = mi.edge_cmi_matrix(torch.as_tensor(child), torch.as_tensor(parent), [0], list(range(10)))[0]
     assert edge_mi(child, parent[:, 1]) > 0.3
     null = rho[2:]
-    assert float(null.max() - null.min()) <= 0.03 and float(null.abs().max()) <= 0.12  # the estimator's null level
-    assert abs(float(rho[1] - null.median())) <= 0.03 and float(rho[0]) > float(null.max()) + 0.1
+    assert float(null.min()) >= 0 and float(null.max()) <= 0.06  # the estimator's null level
+    assert float(rho[1]) <= float(null.max()) + 0.01 and float(rho[0]) > float(null.max()) + 0.1
     legacy = mi.edge_cmi_matrix(torch.as_tensor(child), torch.as_tensor(parent), [0], list(range(10)),
                                 conditioning="random")[0]
     assert float(legacy[1]) > float(legacy[2:].max()) + 0.15  # one random direction of the other parents does not condition on parent 0
@@ -94,14 +95,15 @@ def test_regression_conditioning_is_lossless_for_gaussians(dz):
 
 @pytest.mark.parametrize("dz", [3, 6])
 def test_edge_cmi_against_the_gaussian_closed_form(dz):
-    """EDGE's chain rule in 4 joint dimensions is attenuated (it returned 35–60 % of the truth in the probes: a bias
-    of the c·N^{-1/(2d)} buckets, not of the conditioning), but ordered with the truth and ≈ 0 at CI:
-    ``0.3·truth − 0.06 ≤ Î ≤ truth + 0.06``, strictly increasing in the truth."""
+    """EDGE's chain rule in 4 joint dimensions is attenuated (it returned 45–90 % of the truth: 0.022, 0.098, 0.217,
+    0.394 for 0, 0.112, 0.347, 0.805 nats at d_Z = 3 — a bias of the c·N^{-1/(2d)} buckets, which are 1.1 standard
+    deviations wide here, not of the conditioning, see the KSG test above), but ordered with the truth and ≈ 0 at CI:
+    ``0.4·truth − 0.03 ≤ Î ≤ truth + 0.03``, strictly increasing in the truth."""
     estimates, truths = [], []
     for a in (0.0, 0.5, 1.0, 2.0):
         x, y, z, truth = linear_gaussian(dz, a, 5000, seed=int(10 * a))
         got = edge_cmi(x, y, z)
-        assert 0.3 * truth - 0.06 <= got <= truth + 0.06, (a, truth, got)
+        assert 0.4 * truth - 0.03 <= got <= truth + 0.03, (a, truth, got)
         estimates.append(got)
         truths.append(truth)
     assert np.all(np.diff(estimates) > 0) and np.all(np.diff(truths) > 0)

@@ -79,6 +79,10 @@ PSTABLE_ABOVE_DIM = 6
 _CHUNK_ELEMENTS = 1 << 19  # ~4 MiB of int64 codes: stays cache-friendly (200k/20k time ratio 14 -> 10)
 # Count with bincount (no sort) when the key space is at most this many times the number of keys.
 _DENSE_FACTOR = 8
+# Count per-row codes with one bincount over all rows of a batch while the batch's key range stays below this.
+_BINCOUNT_SPACE = 1 << 23
+# Largest per-row code range kept as it is in a joint code (larger ones are re-ranked: no int64 overflow).
+_JOINT_SPACE = 1 << 30
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -462,6 +466,63 @@ def _target_dim(method: str, z_dim: int | Literal["auto"] | None, width: int) ->
     return int(z_dim)
 
 
+def _joint_codes(a: torch.Tensor, ka: int, b: torch.Tensor, kb: int) -> tuple[torch.Tensor, int]:
+    """Codes of the pair (a, b) per row, (B, N) in ``[0, K)``; re-ranked per row (:func:`_group_codes`) only when the
+    product of the ranges exceeds :data:`_JOINT_SPACE`, so that further products cannot overflow."""
+    code, space = a * kb + b, ka * kb
+    if space <= _JOINT_SPACE:
+        return code, space
+    return _group_codes(code.unsqueeze(-1))
+
+
+def _plugin_cmi(cx: torch.Tensor, kx: int, cy: torch.Tensor, ky: int, cz: torch.Tensor, kz: int,
+                settings: EdgeSettings) -> torch.Tensor:
+    """(B,): ``(1/N) Σ_s log(N_xyz(s)·N_z(s) / (N_xz(s)·N_yz(s)))`` per row from the bucket codes of X, Y and Z
+    (B, N) — the plug-in CMI of the hashed variables (EDGE eq. 9 applied to both chain-rule terms on one partition)."""
+    xz, kxz = _joint_codes(cx, kx, cz, kz)
+    yz, kyz = _joint_codes(cy, ky, cz, kz)
+    xyz, kxyz = _joint_codes(cx, kx, yz, kyz)
+    counts = [_per_cell_counts(code, space).to(torch.float64) for code, space in
+              ((xyz, kxyz), (cz, kz), (xz, kxz), (yz, kyz))]
+    term = torch.log(counts[0] * counts[1] / (counts[2] * counts[3]))
+    if settings.base is not None:
+        term = term / math.log(settings.base)
+    if settings.lo is not None or settings.U is not None:
+        term = term.clamp(min=settings.lo, max=settings.U)
+    return term.mean(dim=1)
+
+
+def _cmi_setup(xs: torch.Tensor, ys: torch.Tensor, zs: torch.Tensor, settings: EdgeSettings
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Ensemble]:
+    """Standardised (each projected if wide: X, Y, Z in that order from one seeded generator) variables and the
+    ensemble over their joint dimension; offsets_x of the ensemble covers all coordinates [X, Y, Z]."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    x = _prepare(xs, settings.hash_type, gen, settings.proj_dim)
+    y = _prepare(ys, settings.hash_type, gen, settings.proj_dim)
+    z = _prepare(zs, settings.hash_type, gen, settings.proj_dim)
+    dims = x.shape[-1] + y.shape[-1] + z.shape[-1]
+    return x, y, z, _ensemble(settings, xs.shape[-2], dims, 0, gen, x.device)
+
+
+def _member_codes(t: torch.Tensor, widths: torch.Tensor, offsets: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """Per ensemble member, the per-row codes (:func:`_group_codes`) of ``t`` (G, N, d) hashed at that member's
+    width and offsets (L, d)."""
+    return [_group_codes(torch.floor((t + offsets[m]) / widths[m]).to(torch.int64)) for m in range(len(widths))]
+
+
+def _edge_cmi_plugin(xs: torch.Tensor, ys: torch.Tensor, zs: torch.Tensor, settings: EdgeSettings) -> torch.Tensor:
+    """The ensemble of one-partition plug-in CMIs (:func:`_plugin_cmi`) for P pairs, aggregated over the members
+    (docs/methods/edge-mi.md §3.4)."""
+    x, y, z, ensemble = _cmi_setup(xs, ys, zs, settings)
+    dx, dy = x.shape[-1], y.shape[-1]
+    offsets = ensemble.offsets_x
+    columns = ((x, offsets[:, :dx]), (y, offsets[:, dx : dx + dy]), (z, offsets[:, dx + dy :]))
+    codes = [_member_codes(t, ensemble.widths, o) for t, o in columns]
+    stack = torch.stack([_plugin_cmi(*codes[0][m], *codes[1][m], *codes[2][m], settings)
+                         for m in range(settings.n_estimators)])
+    return _aggregate(stack, ensemble, settings, offsets.shape[1])
+
+
 def edge_cmi_batched(
     xs: Tensorish,
     ys: Tensorish,
@@ -477,6 +538,12 @@ def edge_cmi_batched(
     """Chain-rule EDGE CMI ``I(X;Y|Z) = I(X;[Y,Z]) − I(X;Z)`` for every pair (docs/methods/edge-mi.md §3.4,
     *reconstructed*). xs (P, N, dx), ys (P, N, dy), zs (P, N, dz) or None (then plain :func:`edge_mi_batched`).
 
+    Both terms are computed on **one partition** per ensemble member (:func:`_edge_cmi_plugin`): X, Y and Z are
+    hashed once, with ε from the joint dimension and the same offsets in both terms, so each base estimate is the
+    plug-in CMI ``(1/N) Σ_s log(N_xyz·N_z / (N_xz·N_yz))`` of the hashed variables, never negative. (Two separate EDGE
+    estimates at their own ε had a negative offset wherever I(X;Z) is large — as for a layer's child, which the other
+    parents nearly determine.)
+
     ``transform="rank"`` first replaces every coordinate by its normal scores (:func:`normal_scores`), which makes the
     estimate invariant to monotone transforms of each variable. The conditioning set Z enters both terms as one
     shared variable:
@@ -488,7 +555,7 @@ def edge_cmi_batched(
     - ``"none"``: Z as it is;
     - ``"auto"`` (default): ``none`` when d_Z ≤ d_X + d_Y, else ``regression``.
 
-    Remaining keywords go to :func:`edge_mi_batched` (same seed for both terms). Can be negative (estimator noise).
+    Remaining keywords are :class:`EdgeSettings` fields (``hash_type``, ``c``, ``eps``, ``n_estimators``, …).
     """
     x = _as_batch(xs, "xs", batched=True)
     y = _as_batch(ys, "ys", batched=True).to(x.device)
@@ -504,8 +571,7 @@ def edge_cmi_batched(
     if method == "regression":
         z = regression_conditioning(x, y, z, ridge=ridge)
     z = _reduce(z, _target_dim(method, z_dim, z.shape[-1]), seed)
-    yz = torch.cat([y, z], dim=-1)
-    return edge_mi_batched(x, yz, seed=seed, **kwargs) - edge_mi_batched(x, z, seed=seed, **kwargs)
+    return _edge_cmi_plugin(x, y, z, EdgeSettings(seed=seed, **kwargs))
 
 
 def edge_cmi(x: Tensorish, y: Tensorish, z: Tensorish | None, **kwargs) -> float:
@@ -636,7 +702,7 @@ def _per_cell_counts(codes: torch.Tensor, space: int) -> torch.Tensor:
     when the B·space key range is small, else ``unique``."""
     batch, n = codes.shape
     key = codes + (torch.arange(batch, device=codes.device) * space)[:, None]
-    if batch * space <= _DENSE_FACTOR * batch * n + (1 << 16):
+    if batch * space <= max(_BINCOUNT_SPACE, _DENSE_FACTOR * batch * n):
         return torch.bincount(key.reshape(-1), minlength=batch * space)[key]
     _, inverse, counts = torch.unique(key.reshape(-1), return_inverse=True, return_counts=True)
     return counts[inverse].view(batch, n)
@@ -724,61 +790,37 @@ class _RegressionCells:
         return torch.cat([xhat, self.yhat[gy]], dim=-1)
 
 
-def _conditional_cells_generic(x_groups: torch.Tensor, y_groups: torch.Tensor, make_z: Callable, cells_x, cells_y,
-                               settings: EdgeSettings, cells_per_call: int) -> torch.Tensor:
-    """Per-cell conditioning variables, every cell through :func:`edge_mi_batched` (any dimension, any hash)."""
-    out = torch.empty(len(cells_x), dtype=torch.float64, device=x_groups.device)
-    options = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
-    for start in range(0, len(cells_x), cells_per_call):
-        gx, gy = cells_x[start : start + cells_per_call], cells_y[start : start + cells_per_call]
-        x, z = x_groups[gx], make_z(gx, gy)
-        yz = torch.cat([y_groups[gy], z], dim=-1)
-        out[start : start + len(gx)] = edge_mi_batched(x, yz, **options) - edge_mi_batched(x, z, **options)
-    return out
-
-
-def _member_codes(t: torch.Tensor, widths: torch.Tensor, offsets: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-    """Per ensemble member, the per-group codes (:func:`_group_codes`) of ``t`` (G, N, d) hashed at that member's
-    width and offsets."""
-    return [_group_codes(torch.floor((t + offsets[m]) / widths[m]).to(torch.int64)) for m in range(len(widths))]
-
-
-def _conditional_cells_fast(x_groups: torch.Tensor, y_groups: torch.Tensor, make_z: Callable, dz: int, cells_x,
-                            cells_y, settings: EdgeSettings, cells_per_call: int) -> torch.Tensor:
-    """The same numbers as :func:`_conditional_cells_generic` for floor-hashed low-dimensional variables (d_X ≤ 6,
-    d_Y + d_Z ≤ 6): X and Y hashed once per group and member, only Ẑ per cell; both chain-rule terms share each
-    chunk's Ẑ."""
-    n, dx, dy = x_groups.shape[1], x_groups.shape[-1], y_groups.shape[-1]
-    x, y = _standardise(x_groups), _standardise(y_groups)
-    terms = []
-    for other in (dy + dz, dz):  # I(X; [Y, Ẑ]) and I(X; Ẑ), each with the generator draws of its own batched call
-        ensemble = _ensemble(settings, n, dx, other, torch.Generator().manual_seed(settings.seed), x.device)
-        codes = _member_codes(x, ensemble.widths, ensemble.offsets_x)
-        counts = [_own_counts(c, k) for c, k in codes]
-        y_codes = _member_codes(y, ensemble.widths, ensemble.offsets_y[:, :dy]) if other > dz else None
-        stack = torch.empty(settings.n_estimators, len(cells_x), dtype=torch.float64, device=x.device)
-        terms.append((ensemble, codes, counts, y_codes, stack))
+def _conditional_cells(x_groups: torch.Tensor, y_groups: torch.Tensor, make_z: Callable, cells_x: torch.Tensor,
+                       cells_y: torch.Tensor, settings: EdgeSettings, cells_per_call: int) -> torch.Tensor:
+    """:func:`_edge_cmi_plugin` of every cell (X = ``x_groups[gx]``, Y = ``y_groups[gy]``, Z = ``make_z(gx, gy)``)
+    without repeating the groups: X and Y are standardised, projected (when wide) and hashed once per group and
+    ensemble member, the conditioning variable per cell, with the generator draws of the per-cell call (projections of
+    X, Y, Z, then the offsets), so each cell equals :func:`edge_cmi_batched` on its own variables."""
+    n = x_groups.shape[1]
+    gen = torch.Generator().manual_seed(settings.seed)
+    x = _prepare(x_groups, settings.hash_type, gen, settings.proj_dim)
+    y = _prepare(y_groups, settings.hash_type, gen, settings.proj_dim)
+    dz = make_z(cells_x[:1], cells_y[:1]).shape[-1]
+    project = None
+    if settings.hash_type == "pstable" or (settings.hash_type == "auto" and dz > PSTABLE_ABOVE_DIM):
+        r = settings.proj_dim if settings.proj_dim is not None else _projection_dim(dz, n)
+        project = _gaussian_matrix(dz, r, gen, x.device)
+    dx, dy = x.shape[-1], y.shape[-1]
+    dims = dx + dy + (dz if project is None else project.shape[1])
+    ensemble = _ensemble(settings, n, dims, 0, gen, x.device)
+    offsets, widths = ensemble.offsets_x, ensemble.widths
+    x_codes = _member_codes(x, widths, offsets[:, :dx])
+    y_codes = _member_codes(y, widths, offsets[:, dx : dx + dy])
+    stack = torch.empty(settings.n_estimators, len(cells_x), dtype=torch.float64, device=x.device)
     for start in range(0, len(cells_x), cells_per_call):
         gx, gy = cells_x[start : start + cells_per_call], cells_y[start : start + cells_per_call]
         z = _standardise(make_z(gx, gy))
-        for ensemble, codes, counts, y_codes, stack in terms:
-            for m in range(settings.n_estimators):
-                offsets = ensemble.offsets_y[m, -dz:]
-                code, space = _group_codes(torch.floor((z + offsets) / ensemble.widths[m]).to(torch.int64))
-                if y_codes is not None:
-                    code, space = y_codes[m][0][gy] * space + code, y_codes[m][1] * space
-                cx, kx = codes[m]
-                n_ij = _per_cell_counts(cx[gx] * space + code, kx * space)
-                stack[m, start : start + len(gx)] = _plugin_terms(n_ij, counts[m][gx], _per_cell_counts(code, space),
-                                                                  settings)
-    (first, *_, joint), (second, *_, marginal) = terms
-    return (_aggregate(joint, first, settings, dx + dy + dz)
-            - _aggregate(marginal, second, settings, dx + dz))
-
-
-def _fast_path(settings: EdgeSettings, dx: int, dy: int, dz: int) -> bool:
-    """Whether every variable is floor-hashed without projection (the fast per-cell path applies)."""
-    return settings.hash_type != "pstable" and dx <= PSTABLE_ABOVE_DIM and dy + dz <= PSTABLE_ABOVE_DIM
+        z = z if project is None else _standardise(z @ project)
+        for m in range(settings.n_estimators):
+            cz, kz = _group_codes(torch.floor((z + offsets[m, dx + dy :]) / widths[m]).to(torch.int64))
+            (cx, kx), (cy, ky) = x_codes[m], y_codes[m]
+            stack[m, start : start + len(gx)] = _plugin_cmi(cx[gx], kx, cy[gy], ky, cz, kz, settings)
+    return _aggregate(stack, ensemble, settings, dims)
 
 
 def edge_cmi_matrix(
@@ -805,13 +847,14 @@ def edge_cmi_matrix(
 
     - ``regression`` (what ``auto`` gives whenever the other parents outnumber d_X + d_Y): ``Ẑ_{c,p}`` from one ridge
       regression on all parents and a block-inverse update per parent group (:class:`_RegressionCells`; ``ridge``
-      ``auto`` = C_parent/N); single-filter groups are then hashed on the fast path (X and Y once per group, Ẑ per cell);
+      ``auto`` = C_parent/N);
     - ``random``: ``z_p = S·g − S_p·g_p`` with one seeded Gaussian matrix g (C_parent × ``z_dim``, ``auto``: 1) over all
       parent units (the earlier default; it misses what g does not point at);
     - ``none``: all other parents, as they are (small layers only).
 
-    With one parent group there is nothing to condition on and ρ is the plain EDGE MI. Keywords go to
-    :func:`edge_mi_batched`.
+    Child and parent groups are hashed once per ensemble member, only the conditioning variable per cell
+    (:func:`_conditional_cells`, ``cells_per_call`` cells at a time). With one parent group there is nothing to
+    condition on and ρ is the plain EDGE MI. Keywords are :class:`EdgeSettings` fields.
     """
     x = _as_batch(child, "child", batched=False)[0]
     y = _as_batch(parent, "parent", batched=False)[0].to(x.device)
@@ -838,28 +881,22 @@ def edge_cmi_matrix(
     standard = _standardise(y.unsqueeze(0))[0]
     if method == "regression":
         fitted = _RegressionCells.fit(_standardise(x.unsqueeze(0))[0], standard, cl, pl, ridge)
-        width = dx + dy
-        r = _target_dim(method, z_dim, width)
-        dz = width if r is None or r >= width else r
+        r = _target_dim(method, z_dim, dx + dy)
 
         def make_z(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
             return _reduce(fitted.cells(gx, gy), r, seed)
-
-        run = (lambda: _conditional_cells_fast(x_groups, y_groups, make_z, dz, cells_x, cells_y, settings,
-                                               cells_per_call)) if _fast_path(settings, dx, dy, dz) else \
-            (lambda: _conditional_cells_generic(x_groups, y_groups, make_z, cells_x, cells_y, settings,
-                                                cells_per_call))
-        return run().reshape(gc, gp)
-    if method == "random":
-        gen = torch.Generator().manual_seed(seed + 1_000_003)
-        g = _gaussian_matrix(y.shape[1], _target_dim(method, z_dim, y.shape[1]) or 1, gen, y.device)
-        total = standard @ g
-        z_groups = _standardise(torch.stack([total - standard[:, pl == p] @ g[pl == p] for p in range(gp)]))
     else:
-        z_groups = _standardise(torch.stack([standard[:, pl != p] for p in range(gp)]))
-    joint = _edge_mi_grid(x_groups, torch.cat([y_groups, z_groups], dim=-1), cells_x, cells_y, settings,
-                          cells_per_call)
-    return (joint - _edge_mi_grid(x_groups, z_groups, cells_x, cells_y, settings, cells_per_call)).reshape(gc, gp)
+        if method == "random":
+            gen = torch.Generator().manual_seed(seed + 1_000_003)
+            g = _gaussian_matrix(y.shape[1], _target_dim(method, z_dim, y.shape[1]) or 1, gen, y.device)
+            total = standard @ g
+            z_groups = _standardise(torch.stack([total - standard[:, pl == p] @ g[pl == p] for p in range(gp)]))
+        else:
+            z_groups = _standardise(torch.stack([standard[:, pl != p] for p in range(gp)]))
+
+        def make_z(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+            return z_groups[gy]
+    return _conditional_cells(x_groups, y_groups, make_z, cells_x, cells_y, settings, cells_per_call).reshape(gc, gp)
 
 
 def mst_cmi_matrix(
