@@ -23,14 +23,8 @@ from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
 from connprune.methods import snacs as snacs_module
 from connprune.methods.mint import group_labels, plan_children, score_children, select_cells
-from connprune.methods.snacs import (
-    cell_weight_means,
-    limit_from_curve,
-    normalised_weights,
-    phi_values,
-    protected_groups,
-    sensitivity,
-)
+from connprune.methods.snacs import (cell_weight_means, limit_from_curve, normalised_weights, phi_values,
+                                     protected_groups, sensitivity)
 
 FAST = dict(samples_per_class=30, groups=4)
 
@@ -122,14 +116,22 @@ def test_protected_filters_keep_every_incoming_connection(digits_train):
     model = digits_model("lenet5")
     state = scored(model, digits_train, protect_fraction=0.25)
     assert state.protected and all(int(p.sum()) == round(0.25 * len(p)) for p in state.protected.values())
-    method = methods.create("snacs", protect_fraction=0.25, **FAST)
+    method = methods.create("snacs", protect_fraction=0.25, remove_filters="none", **FAST)
+    removing = methods.create("snacs", protect_fraction=0.25, **FAST)  # remove_filters="unconnected"
     for level in (0.3, 0.7, 1.0):
         masks, _ = method.masks_for(model, state, None, level)
+        cut, info = removing.masks_for(model, state, None, level)
         for child in state.children:
             if child.name not in state.protected:
                 continue
             rows = state.protected[child.name][child.child_labels]  # protected child filters
             assert masks[child.weight_name][rows].all()
+            # with filter removal they lose only the inputs cut from every child filter (the removed filters)
+            mask = cut[child.weight_name].reshape(*cut[child.weight_name].shape[:2], -1).all(dim=2)
+            dead = ~mask[~rows].any(dim=0)
+            assert torch.equal(mask[rows], (~dead).expand_as(mask[rows]))
+            assert info["cut_parent_groups"][child.name] * (len(child.parent_labels) // child.shape[1]) == \
+                int(dead.sum())
     # the protected groups are the most sensitive ones
     for child in state.children:
         if child.name in state.protected:
@@ -305,3 +307,43 @@ def test_hash_acmi_is_at_least_10x_faster_than_mst_on_a_vgg16_pair():
     ratio = mst_seconds / edge_seconds
     print(f"\nEDGE {edge_seconds:.1f} s, MST {mst_seconds:.1f} s (extrapolated), ratio {ratio:.1f}x")
     assert mst_seconds >= 10 * edge_seconds
+
+
+# ------------------------------------------------------------------------------------- filter removal (§3 step 7)
+@pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+def test_defaults_remove_filters_and_lower_macs(digits_train, name):
+    """At its defaults (κ = 0.1 protected, keep_connected) SNACS's masks alone keep every filter of a protected
+    layer connected, so the shrunk model keeps (nearly) the dense MACs (remove_filters="none": only the classifier's
+    unprotected inputs can go); the default remove_filters="unconnected" cuts the filters left unconnected to the
+    unprotected groups, and the MACs fall further ("lowest" further still). The shrunk model equals the masked one."""
+    from connprune.measure import cost
+
+    model = digits_model(name).eval()
+    dense = cost(model, (1, 8, 8))
+    macs = {}
+    for mode in ("none", "unconnected", "lowest"):
+        result = methods.create("snacs", samples_per_class=20, remove_filters=mode).prune(
+            model, "auto", PruneData(train=digits_train))
+        shrunk, masks = surgery.apply(copy.deepcopy(model), result, shrink=True)
+        macs[mode] = cost(shrunk, (1, 8, 8)).macs
+        if mode != "none":
+            assert sum(result.info["cut_parent_groups"].values()) > 0
+            masked, _ = surgery.apply(copy.deepcopy(model), result, shrink=False)
+            x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                assert torch.allclose(masked.eval()(x), shrunk.eval()(x), atol=1e-4)
+    assert macs["lowest"] <= macs["unconnected"] < macs["none"] <= dense.macs
+
+
+def test_single_shot_reaches_every_limit_with_protection(digits_train):
+    """§7 item 6 with κ = 0.25 and keep_connected: limits above what protection leaves prunable are lowered to it
+    (info["limits_clipped"]), and every layer reaches its limit within one cell."""
+    model = digits_model("lenet5")
+    result = methods.create("snacs", protect_fraction=0.25, upper_limit=0.95, limits="fixed", **FAST).prune(
+        model, "auto", PruneData(train=digits_train))
+    assert result.info["limits_clipped"]
+    for name, limit in result.info["layer_limits"].items():
+        cells = np.prod(result.info["groups"][name])
+        assert abs(result.info["layer_pruned_cells"][name] - limit) <= 1 / cells + 1e-9
+        if name in result.info["limits_clipped"]:
+            assert limit < 0.95 and result.info["limits_clipped"][name][0] == 0.95

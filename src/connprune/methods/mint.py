@@ -518,6 +518,12 @@ class ConnectivityPruning(PruningMethod):
     def adapt(self, model: nn.Module, state: ScoringState, data: PruneData) -> None:
         """Hook for SNACS (weight scaling, automatic limits, protection); MINT uses the scores as they are."""
 
+    def refine_cells(self, state: ScoringState, pruned: dict[str, torch.Tensor],
+                     info: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Hook for SNACS (filters cut from every consumer) at a prune level (``sparsity="auto"``; a numeric sparsity
+        is met with the selected cells alone); MINT masks the cells it selected."""
+        return pruned
+
     def masks_for(self, model: nn.Module, state: ScoringState, sparsity: float | None,
                   prune_level: float | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Masks for a numeric ``sparsity`` (counted after surgery, relaxing the limits if allowed) or a prune
@@ -528,7 +534,7 @@ class ConnectivityPruning(PruningMethod):
                                   keep_connected=self.params.keep_connected,
                                   quantiles=self.params.thresholds == "layer")
             info["layer_pruned_cells"] = {n: float(p.float().mean()) for n, p in pruned.items()}
-            return cell_masks(model, state.children, pruned), info
+            return cell_masks(model, state.children, self.refine_cells(state, pruned, info)), info
 
         def select(level: float, forced: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             pruned = self._cells_for_target(model, state, level, forced, info)

@@ -50,7 +50,8 @@ from connprune.measure.activations import masked_mean_output
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import PruneData
-from connprune.methods.mint import ChildLayer, ConnectivityParams, ConnectivityPruning, ScoringState, select_cells
+from connprune.methods.mint import (ChildLayer, ConnectivityParams, ConnectivityPruning, ScoringState, _eligible,
+                                   select_cells)
 from connprune.methods.score_cache import fingerprint
 from connprune.utils.io import write_json
 
@@ -197,6 +198,16 @@ class SnacsParams(ConnectivityParams):
     """``sparsity=auto``: prune every layer to its limit, or sweep π with fine-tuning (reference)."""
     cache_dir: str | None = None
     """Folder for the constraint-curve cache (JSON); None: in-process cache only."""
+    remove_filters: Literal["none", "unconnected", "lowest"] = "unconnected"
+    """What becomes physical filter removal (docs/methods/snacs.md §3 step 7): ``none`` — connection masks only
+    (protected groups and each group's best input keep every filter connected, so on CNNs nothing is removed and
+    MACs stay dense); ``unconnected`` — a filter whose connections to all unprotected child groups are pruned is cut
+    from its protected consumers too, so the surgery removes it with its incoming kernels; ``lowest`` — also the
+    filters of lowest kept outgoing ACMI, up to ``filter_fraction`` of each scored layer's input groups. Applies to
+    ``sparsity=auto``; a numeric sparsity is met with connection masks (the surgery still removes what they
+    disconnect)."""
+    filter_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    """With ``remove_filters=lowest``: the share of every scored layer's input (parent) groups removed."""
 
 
 _CURVE_CACHE: dict[str, list[float]] = {}
@@ -245,7 +256,54 @@ class Snacs(ConnectivityPruning):
                                                      params.protect_order)
         state.protected = protected
         state.info["protected_groups"] = {n: int(p.sum()) for n, p in protected.items()}
+        self._clip_limits(state)
         state.seconds["sensitivity"] = time.perf_counter() - started
+
+    def _clip_limits(self, state: ScoringState) -> None:
+        """Lower each limit to what protection and ``keep_connected`` leave prunable, so that the single shot reaches
+        every layer's limit (docs/methods/snacs.md §7 item 6); the clipped ones are recorded in ``info``."""
+        clipped = {}
+        for name, rho in state.scores.items():
+            eligible = _eligible(rho, state.protected.get(name), self.params.keep_connected)
+            reachable = int(eligible.sum()) / rho.numel()
+            if state.limits[name] > reachable:
+                clipped[name] = [state.limits[name], reachable]
+                state.limits[name] = reachable
+        state.info["limits_clipped"] = clipped
+
+    def refine_cells(self, state: ScoringState, pruned: dict[str, torch.Tensor],
+                     info: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``remove_filters``: cut the parent groups left unconnected (or of lowest kept ACMI) from every child group
+        of the layer, protected ones included, so the surgery removes those filters (docs/methods/snacs.md §3)."""
+        mode = self.params.remove_filters
+        if mode == "none":
+            return pruned
+        refined, cut = {}, {}
+        for name, cells in pruned.items():
+            protected = state.protected.get(name)
+            rows = ~protected if protected is not None else torch.ones(cells.shape[0], dtype=torch.bool)
+            if not bool(rows.any()):
+                refined[name] = cells
+                continue
+            dead = cells[rows].all(dim=0)
+            if mode == "lowest":
+                dead = self._lowest_columns(state.scores[name], cells, rows, dead)
+            refined[name] = cells | dead[None, :]
+            cut[name] = int(dead.sum())
+        info["cut_parent_groups"] = cut
+        info["layer_cut_cells"] = {n: float(p.float().mean()) for n, p in refined.items()}
+        return refined
+
+    def _lowest_columns(self, acmi: torch.Tensor, cells: torch.Tensor, rows: torch.Tensor,
+                        dead: torch.Tensor) -> torch.Tensor:
+        """``dead`` plus the parent groups of lowest ACMI still kept toward unprotected child groups, up to
+        ``filter_fraction`` of the groups (never all of them)."""
+        count = min(acmi.shape[1] - 1, round(self.params.filter_fraction * acmi.shape[1]))
+        kept = (acmi * (~cells & rows[:, None])).sum(dim=0)
+        order = torch.argsort(kept.masked_fill(dead, float("-inf")), stable=True)
+        chosen = dead.clone()
+        chosen[order[: max(count, int(dead.sum()))]] = True
+        return chosen
 
     def _curve(self, model: nn.Module, child: ChildLayer, state: ScoringState) -> list[float]:
         params = self.params
