@@ -347,3 +347,21 @@ def test_single_shot_reaches_every_limit_with_protection(digits_train):
         assert abs(result.info["layer_pruned_cells"][name] - limit) <= 1 / cells + 1e-9
         if name in result.info["limits_clipped"]:
             assert limit < 0.95 and result.info["limits_clipped"][name][0] == 0.95
+
+
+def test_bisected_constraint_search_lands_near_the_grid_limit(digits_train):
+    """``constraint_search="bisect"`` evaluates the two ends and about log2(levels) more; on LeNet-5's real curves its
+    limits are within one grid step of the full grid's (equal wherever the curve falls monotonically)."""
+    model = digits_model("lenet5")
+    snacs_module._CURVE_CACHE.clear()
+    full = scored(model, digits_train)
+    snacs_module._CURVE_CACHE.clear()
+    fast = scored(model, digits_train, constraint_search="bisect")
+    levels = full.info["constraint_curves"]["levels"]
+    for name, limit in full.limits.items():
+        evaluated = [a for a in fast.info["constraint_curves"][name] if a is not None]
+        assert len(evaluated) <= 2 + math.ceil(math.log2(len(levels)))
+        assert abs(fast.limits[name] - limit) <= levels[1] - levels[0] + 1e-9, (name, limit, fast.limits[name])
+        curve = full.info["constraint_curves"][name]
+        if all(a >= b for a, b in zip(curve, curve[1:])):
+            assert fast.limits[name] == limit

@@ -145,34 +145,49 @@ def protected_groups(scores: torch.Tensor, fraction: float, order: Literal["high
 
 
 # ------------------------------------------------------------------------------------------ operating constraints
-def limit_from_curve(levels: list[float], accuracies: list[float], factor: float = 0.7) -> float:
-    """``u = max{q : acc(q) ≥ max acc − factor·(max acc − min acc)}`` (docs/methods/snacs.md §2, reference
-    ``gamma_sensitivity5.py``)."""
-    acc = np.asarray(accuracies, dtype=np.float64)
+def limit_from_curve(levels: list[float], accuracies: list[float | None], factor: float = 0.7) -> float:
+    """``u = max{q : acc(q) ≥ max acc − factor·(max acc − min acc)}`` over the evaluated levels (None: not evaluated)
+    (docs/methods/snacs.md §2, reference ``gamma_sensitivity5.py``)."""
+    pairs = [(q, float(a)) for q, a in zip(levels, accuracies, strict=True) if a is not None]
+    acc = np.asarray([a for _, a in pairs], dtype=np.float64)
     threshold = acc.max() - factor * (acc.max() - acc.min())
-    return float(max(q for q, a in zip(levels, acc, strict=True) if a >= threshold))
+    return float(max(q for q, a in pairs if a >= threshold))
 
 
 def constraint_curve(module: nn.Module, child: ChildLayer, acmi: torch.Tensor, patch_means: torch.Tensor,
-                     labels: torch.Tensor, levels: list[float]) -> list[float]:
-    """``acc_l(q)`` for every level q (docs/methods/snacs.md §2 steps 1–2): the layer alone pruned at q over its unique
+                     labels: torch.Tensor, levels: list[float], *, search: Literal["grid", "bisect"] = "grid",
+                     factor: float = 0.7) -> list[float | None]:
+    """``acc_l(q)`` for the levels q (docs/methods/snacs.md §2 steps 1–2): the layer alone pruned at q over its unique
     ACMI values, child activations recomputed exactly from ``patch_means`` and clipped at 0, scored by an RBF SVC
-    fitted on the unpruned (clipped) activations."""
+    fitted on the unpruned (clipped) activations. ``grid``: every level; ``bisect``: the two ends and a bisection
+    for the last level above the threshold, assuming accuracy does not rise with q (about log2 of the levels;
+    unevaluated levels are None)."""
     from sklearn.svm import SVC
 
     features = masked_mean_output(patch_means.double(), module, module.weight.detach().double()).clamp(min=0)
     y = labels.numpy()
     svm = SVC(tol=1e-5, random_state=0).fit(features.numpy(), y)
     weight = module.weight.detach().double()
-    accuracies = []
-    for level in levels:
+
+    def accuracy(level: float) -> float:
         pruned = select_cells({child.name: acmi}, {child.name: 1.0}, prune_level=level)[child.name]
         units = pruned[child.child_labels][:, child.parent_labels]
         keep = (~units)[:, :, None, None].expand_as(weight) if weight.dim() == 4 else \
             (~units).repeat_interleave(child.block, dim=1)
         masked = masked_mean_output(patch_means.double(), module, weight * keep).clamp(min=0)
-        accuracies.append(float(svm.score(masked.numpy(), y)))
-    return accuracies
+        return float(svm.score(masked.numpy(), y))
+
+    if search == "grid":
+        return [accuracy(level) for level in levels]
+    curve: list[float | None] = [None] * len(levels)
+    curve[0], curve[-1] = accuracy(levels[0]), accuracy(levels[-1])
+    threshold = curve[0] - factor * (curve[0] - min(curve[0], curve[-1]))
+    low, high = 0, len(levels) - 1  # curve[low] ≥ threshold; the answer lies in [low, high]
+    while high - low > 1 and curve[high] < threshold:
+        middle = (low + high) // 2
+        curve[middle] = accuracy(levels[middle])
+        low, high = (middle, high) if curve[middle] >= threshold else (low, middle)
+    return curve
 
 
 # ------------------------------------------------------------------------------------------------------ the method
@@ -190,6 +205,9 @@ class SnacsParams(ConnectivityParams):
     about quadratically with the samples and the curves are computed for every layer."""
     constraint_factor: float = Field(0.7, ge=0.0, le=1.0)
     """Share of the accuracy range a layer may lose at its limit."""
+    constraint_search: Literal["grid", "bisect"] = "grid"
+    """Evaluate every level of ``constraint_grid`` (the reference's rule) or bisect for the limit (about log2 of the
+    levels; assumes the accuracy does not rise as more of the layer is pruned)."""
     protect_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """κ: share of each layer's child groups protected from losing any incoming connection."""
     protect_order: Literal["highest", "lowest"] = "highest"
@@ -316,8 +334,9 @@ class Snacs(ConnectivityPruning):
             rows = torch.randperm(len(labels), generator=torch.Generator().manual_seed(params.seed))
             rows = rows[: params.constraint_samples].sort().values
             labels, patches = labels[rows], patches[rows]
+        search = [] if params.constraint_search == "grid" else [torch.tensor([params.constraint_factor])]
         key = fingerprint(module.weight, state.scores[child.name], patches, labels,
-                          torch.tensor(params.constraint_grid, dtype=torch.float64))
+                          torch.tensor(params.constraint_grid, dtype=torch.float64), *search)
         if key in _CURVE_CACHE:
             return _CURVE_CACHE[key]
         path = Path(params.cache_dir) / f"snacs-curve-{key}.json" if params.cache_dir else None
@@ -325,7 +344,8 @@ class Snacs(ConnectivityPruning):
             curve = json.loads(path.read_text())["accuracies"]
         else:
             curve = constraint_curve(module, child, state.scores[child.name], patches, labels,
-                                     params.constraint_grid)
+                                     params.constraint_grid, search=params.constraint_search,
+                                     factor=params.constraint_factor)
             if path is not None:
                 write_json(path, {"layer": child.name, "levels": params.constraint_grid, "accuracies": curve})
         _CURVE_CACHE[key] = curve
