@@ -193,8 +193,8 @@ def score_children(children: list[ChildLayer], activations: acts.Activations, *,
                    estimator: Literal["edge", "mst", "random"] = "edge", seed: int = 0,
                    **edge: Any) -> dict[str, torch.Tensor]:
     """``ρ`` matrix (G_child × G_parent, float64, CPU) of every child layer (docs/methods/mint.md §2 "Score").
-    ``edge`` keywords (``conditioning``, ``z_dim``, ``transform``) go to :func:`edge_cmi_matrix`; ``random`` draws
-    uniform scores (a seeded control: random cells under the same thresholds)."""
+    ``edge`` keywords (``conditioning``, ``z_dim``, ``transform``, ``n_estimators``) go to :func:`edge_cmi_matrix`;
+    ``random`` draws uniform scores (a seeded control: random cells under the same thresholds)."""
     scores = {}
     for index, child in enumerate(children):
         x, y = activations.outputs[child.name], activations.inputs[child.name]
@@ -404,6 +404,8 @@ class ConnectivityParams(MethodParams):
     1 for ``random``)."""
     transform: Literal["none", "rank"] = "none"
     """``rank``: normal scores of every activation before the estimate (invariant to monotone transforms)."""
+    n_estimators: int = Field(10, ge=1)
+    """EDGE ensemble members (bucket offsets and widths) whose median is each score; the CMI's time is linear in it."""
     thresholds: Thresholds = "layer"
     """How scores are compared across layers: ``layer`` (quantiles within each layer: π prunes the same fraction of
     every layer), ``normalised`` (scores over the layer's mean, one global threshold) or ``global`` (raw pooled
@@ -498,7 +500,8 @@ class ConnectivityPruning(PruningMethod):
             seconds["activations"] = time.perf_counter() - started
             started = time.perf_counter()
             scores = score_children(children, activations, estimator=params.estimator, seed=params.seed,
-                                    conditioning=params.conditioning, z_dim=params.z_dim, transform=params.transform)
+                                    conditioning=params.conditioning, z_dim=params.z_dim, transform=params.transform,
+                                    n_estimators=params.n_estimators)
             seconds["cmi"] = time.perf_counter() - started
             score_cache.put(key, (activations, scores, dict(seconds)))
             cache_info = {"scores_from_cache": False}
@@ -508,8 +511,9 @@ class ConnectivityPruning(PruningMethod):
             cache_info = {"scores_from_cache": True, "first_seconds_activations": first["activations"],
                           "first_seconds_cmi": first["cmi"]}
         limits = {c.name: params.layer_limits.get(c.name, params.upper_limit) for c in children}
-        cache_info["negative_cells"] = {n: float((s < 0).double().mean()) for n, s in scores.items()}
-        clipped = {n: s.clamp(min=0.0) for n, s in scores.items()}  # negative estimates are noise: never rank above 0
+        # negative estimates are noise (below rounding: −1e-16 where the plug-in CMI is exactly 0): never above 0
+        cache_info["negative_cells"] = {n: float((s < -1e-12).double().mean()) for n, s in scores.items()}
+        clipped = {n: s.clamp(min=0.0) for n, s in scores.items()}
         state = ScoringState(graph, children, activations, clipped, limits, seconds=seconds, info=cache_info)
         self.adapt(model, state, data)
         state.compared = comparable_scores(state.scores, params.thresholds)

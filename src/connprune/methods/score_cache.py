@@ -16,8 +16,8 @@ from torch import nn
 
 from connprune.data import ImageData
 
-FIELDS = ("estimator", "conditioning", "z_dim", "transform", "groups", "layer_groups", "samples_per_class",
-          "prune_input_layer", "exclude", "seed", "batch_size")
+FIELDS = ("estimator", "conditioning", "z_dim", "transform", "n_estimators", "groups", "layer_groups",
+          "samples_per_class", "prune_input_layer", "exclude", "seed", "batch_size")
 """The method parameters the scores depend on."""
 SIZE = 2
 _CACHE: dict[str, Any] = {}
