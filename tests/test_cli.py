@@ -346,8 +346,10 @@ def test_models_is_fast_and_lists_the_model_param_keys(monkeypatch, capsys):
     rows = {row["name"]: row for row in json.loads(out)}
     assert "params" not in rows["resnet20"]  # nothing was built
     # the listed defaults are what the built model has
-    hidden = [m.out_features for m in models.create("mlp").modules() if isinstance(m, torch_nn().Linear)][:-1]
-    assert rows["mlp"]["options"] == {"widths": hidden}
+    mlp = models.create("mlp")
+    hidden = [m.out_features for m in mlp.modules() if isinstance(m, torch_nn().Linear)][:-1]
+    assert rows["mlp"]["options"]["widths"] == hidden
+    assert all(getattr(mlp, key) == value for key, value in rows["mlp"]["options"].items() if key != "widths")
     stem = next(m for m in models.create("resnet18").modules() if isinstance(m, torch_nn().Conv2d))
     assert rows["resnet18"]["options"] == {"small_input": stem.kernel_size == (3, 3)}
     assert rows["lenet5"]["options"] == {}
