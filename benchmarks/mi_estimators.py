@@ -1,18 +1,23 @@
 """MI / CMI estimators side by side: EDGE (hash), KSG (k-NN) and MINT's MST estimator, on Gaussians with known
-information, over many seeds: bias, MSE and wall time (issue 7, ``shared/specs/edge_mi_estimator.md`` §7).
+information, over many seeds: bias, MSE and wall time (issues 7 and 20, docs/methods/edge-mi.md §6–7).
 
 Cases (closed forms in nats):
 
 - MI, joint dimension 2, 4, 8: X, Y ∈ R^{d/2}, coordinate k of X correlated with coordinate k of Y (ρ = 0.6),
   independent across k: ``I = (d/2)·(−½ ln(1 − ρ²))``.
 - CMI, X = a·Y + Σ_k Z_k + e (a = 1, unit variances): ``I(X;Y|Z) = ½ ln(1 + a²)`` with Z of dimension 1 or 6.
+- CMI-CI: X = Z₀ + 0.7e, Y = Z₀ + 0.7e' with Z₀ one of 20 conditioning variables: I(X;Y|Z) = 0 (I(X;Y) = 0.33).
+- CMI-monotone: the CMI case with a = 2 (0.805 nats) and dim(Z) = 1, after strictly increasing maps of every
+  variable (X → exp(X/2), Y → Y³, Z → Z + tanh(2Z)); the CMI is unchanged by them.
 
+EDGE rows: ``edge`` (connprune's default: regression conditioning, one partition per ensemble member), ``edge-random``
+(the earlier default: Z projected to one random direction), ``edge-rank`` (``transform="rank"``: normal scores first).
 MST (MINT's estimator) returns a Henze–Penrose divergence in [0, 1], **not nats**: its mean and time are shown,
-bias/MSE are not applicable. It is O(N²) in memory and time, so it runs only at N ≤ ``--mst-max`` (default 2,000).
+bias/MSE are not applicable. It is O(N²) in memory and time, so it runs only at N ≤ ``--mst-max`` (default 2,000);
+KSG on the 22-dimensional CMI-CI case only at N ≤ ``--ksg-wide-max``.
 Goal row (issue 7): EDGE ≥ 10× faster than KSG at d = 1+1, N = 20,000 with MSE ≤ 2× KSG's (best of 3 timings).
 
 Run: ``python benchmarks/mi_estimators.py [--sizes 2000 10000 50000] [--seeds 20]``
-(default: N = 2,000 and 10,000, 20 seeds; add 50,000 with ``--sizes``: KSG at d = 8 then takes minutes per seed.)
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, print_table, save_results, save_text  # noqa: E402
+from common import machine, markdown_table, print_table, save_results, save_text
 
-from connprune.measure.mutual_information import edge_cmi, edge_mi, ksg_cmi, ksg_mi, mst_cmi  # noqa: E402
+from connprune.measure.mutual_information import edge_cmi, edge_mi, ksg_cmi, ksg_mi, mst_cmi
 
 RHO = 0.6
 
@@ -50,27 +55,47 @@ def cmi_case(n: int, dz: int, seed: int, a: float = 1.0) -> tuple[np.ndarray, np
     return x, y, z, 0.5 * math.log(1 + a * a)
 
 
+def ci_case(n: int, dz: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, dz))
+    return z[:, :1] + 0.7 * rng.standard_normal((n, 1)), z[:, :1] + 0.7 * rng.standard_normal((n, 1)), z, 0.0
+
+
+def monotone_case(n: int, dz: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    x, y, z, truth = cmi_case(n, dz, seed, a=2.0)
+    return np.exp(x / 2), y**3, z + np.tanh(2 * z), truth
+
+
+def _edge(**options):
+    return lambda x, y, z, seed: edge_mi(x, y, seed=seed) if z is None else edge_cmi(x, y, z, seed=seed, **options)
+
+
 ESTIMATORS = {
-    "edge": lambda x, y, z, seed: edge_mi(x, y, seed=seed) if z is None else edge_cmi(x, y, z, seed=seed),
+    "edge": _edge(),
+    "edge-random": _edge(conditioning="random", z_dim=1),
+    "edge-rank": _edge(transform="rank"),
     "ksg": lambda x, y, z, seed: ksg_mi(x, y) if z is None else ksg_cmi(x, y, z),
     "mst": lambda x, y, z, seed: mst_cmi(x, y, z, shuffle=True, seed=seed),
 }
+CASES = {"MI": mi_case, "CMI": cmi_case, "CMI-CI": ci_case, "CMI-monotone": monotone_case}
 
 
 def run_case(kind: str, n: int, dim: int, seeds: int, estimators: list[str]) -> list[dict]:
+    """``dim``: the joint dimension (MI: d_X + d_Y; CMI cases: 1 + 1 + d_Z)."""
     rows = []
     for name in estimators:
         estimates, seconds = [], []
         truth = None
         for seed in range(seeds):
-            x, y, z, truth = mi_case(n, dim, seed) if kind == "MI" else cmi_case(n, dim - 2, seed)
+            x, y, z, truth = CASES[kind](n, dim if kind == "MI" else dim - 2, seed)
             started = time.perf_counter()
             estimates.append(ESTIMATORS[name](x, y, z, seed))
             seconds.append(time.perf_counter() - started)
         values = np.asarray(estimates)
         nats = name != "mst"
         rows.append({"case": kind, "N": n, "joint_dim": dim, "estimator": name, "truth_nats": round(truth, 4),
-                     "mean": float(values.mean()), "bias": float(values.mean() - truth) if nats else None,
+                     "mean": float(values.mean()), "std": float(values.std()),
+                     "bias": float(values.mean() - truth) if nats else None,
                      "mse": float(np.mean((values - truth) ** 2)) if nats else None,
                      "seconds_per_call": float(np.median(seconds)), "seeds": seeds,
                      "unit": "nats" if nats else "HP divergence in [0, 1]"})
@@ -110,21 +135,24 @@ def main() -> None:
     parser.add_argument("--cmi-dims", type=int, nargs="+", default=[3, 8], help="1 + 1 + dim(Z)")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--mst-max", type=int, default=2000, help="largest N for the O(N²) MST estimator")
+    parser.add_argument("--ksg-wide-max", type=int, default=2000, help="largest N for KSG on the 22-dim CI case")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for n in args.sizes:
-        names = ["edge", "ksg"] + (["mst"] if n <= args.mst_max else [])
+        mst = ["mst"] if n <= args.mst_max else []
         for dim in args.dims:
-            rows += run_case("MI", n, dim, args.seeds, names)
-            print(f"MI  N={n} d={dim} done", flush=True)
+            rows += run_case("MI", n, dim, args.seeds, ["edge", "ksg", *mst])
         for dim in args.cmi_dims:
-            rows += run_case("CMI", n, dim, args.seeds, names)
-            print(f"CMI N={n} d={dim} done", flush=True)
+            rows += run_case("CMI", n, dim, args.seeds, ["edge", "edge-random", "edge-rank", "ksg", *mst])
+        wide_ksg = ["ksg"] if n <= args.ksg_wide_max else []
+        rows += run_case("CMI-CI", n, 22, args.seeds, ["edge", "edge-random", "edge-rank", *wide_ksg, *mst])
+        rows += run_case("CMI-monotone", n, 3, args.seeds, ["edge", "edge-rank", "ksg"])
+        print(f"N={n} done", flush=True)
     goal = speed_goal(args.seeds)
-    columns = ["case", "N", "joint_dim", "estimator", "truth_nats", "mean", "bias", "mse", "seconds_per_call"]
+    columns = ["case", "N", "joint_dim", "estimator", "truth_nats", "mean", "std", "bias", "mse", "seconds_per_call"]
     print_table("MI/CMI estimators on Gaussians (nats; MST: divergence in [0, 1])", rows, columns)
     print_table("Goal: EDGE vs KSG at d = 1+1, N = 20,000", [goal])
     results = {
@@ -132,7 +160,8 @@ def main() -> None:
         "settings": {"sizes": args.sizes, "dims": args.dims, "cmi_dims": args.cmi_dims, "seeds": args.seeds,
                      "mst_max": args.mst_max, "rho": RHO, "threads": args.threads,
                      "shrunk": "N = 50,000 left out of the default run (add --sizes 50000); MST only at N <= "
-                               f"{args.mst_max} (O(N^2)); shared 2-core CPU, timings are medians per call"},
+                               f"{args.mst_max} (O(N^2)), KSG on the 22-dim CI case only at N <= "
+                               f"{args.ksg_wide_max}; shared 2-core CPU, timings are medians per call"},
         "rows": rows, "goal": goal,
         "paper": {"source": "edge_mi_estimator.md §7.10 probe (2-core CPU): EDGE 6.5x (N=5k) and 8x (N=20k) faster "
                             "than KSG at d=1+1; 22x and 41x at d=4+4. SNACS vis_est.py MSE of ACMI (phi=1): "
@@ -142,7 +171,9 @@ def main() -> None:
     }
     save_results(args.out / "mi_estimators.json", results)
     save_text(args.out / "mi_estimators.md",
-              "# MI/CMI estimators (EDGE, KSG, MST) on Gaussians\n\n" + markdown_table(rows, columns) +
+              "# MI/CMI estimators (EDGE, KSG, MST) on Gaussians\n\n" + f"Load average {machine()['load_average']}; "
+              f"{args.seeds} seeds per row; see the script's docstring for the cases.\n\n"
+              + markdown_table(rows, columns) +
               "\n## Goal: EDGE vs KSG, d = 1+1, N = 20,000\n\n" + markdown_table([goal]))
     print(f"wrote {args.out / 'mi_estimators.json'}")
 
