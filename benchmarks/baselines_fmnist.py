@@ -73,10 +73,13 @@ def main() -> None:
         title="LeNet-5 / Fashion-MNIST: baselines after a short fine-tune")
     save_results(args.out / "baselines_fmnist.json", {
         "benchmark": "baselines_fmnist", "machine": machine(),
-        "settings": {"threads": args.threads, "model": "lenet5", "data": "fashion-mnist (complete, 60k/10k)", "dense_epochs": args.epochs,
-                     "finetune_epochs": args.finetune_epochs, "snip_epochs": args.epochs + args.finetune_epochs},
+        "settings": {"threads": args.threads, "model": "lenet5", "data": "fashion-mnist (complete, 60k/10k)",
+                     "dense_epochs": args.epochs,
+                     "finetune_epochs": args.finetune_epochs,
+                     "snip_epochs": args.epochs + args.finetune_epochs},
         "dense_accuracy": dense["accuracy"], "rows": rows})
-    lines = ["| method | target | achieved | acc (no FT) | acc after | params | MACs |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | target | achieved | acc (no FT) | acc after | params | MACs |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['sparsity']} | {r['achieved']} | {r['acc_pruned_no_ft']} | {r['acc_after']} | "
               f"{r['params_after']} | {r['macs_after']} |" for r in rows]
     with atomic_path(args.out / "baselines_fmnist.md") as tmp:

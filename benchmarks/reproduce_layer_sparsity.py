@@ -162,7 +162,8 @@ def he_initialise(model: nn.Module) -> nn.Module:
 
 
 def classification(name: str, train: ImageData, test: ImageData, widths: list[int], epochs: int,
-                   refit_epochs: int, args: argparse.Namespace, gate: QuietGate) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                   refit_epochs: int, args: argparse.Namespace,
+                   gate: QuietGate) -> tuple[list[dict[str, Any]], dict[str, float]]:
     runs = [("unregularised", "layer-sparsity", {"lambda": 0.0})]
     runs += [(f"layer-sparsity λ={lam:g}", "layer-sparsity", {"lambda": lam}) for lam in args.lambdas if lam > 0]
     runs += [(f"l1-reg λ={lam:g}", "l1-reg", {"lambda": lam}) for lam in args.l1_lambdas]

@@ -176,7 +176,8 @@ def whole_network(args, train) -> list[dict]:
                          "floor_forward_seconds": floor, "snacs_seconds": total,
                          **{k: v for k, v in info.items() if k.startswith("seconds_")},
                          "cells": sum(a * b for a, b in info["groups"].values()),
-                         "snacs_sparsity": info["sparsity"], "ratio_to_floor": total / floor, "goal_5x": total <= 5 * floor,
+                         "snacs_sparsity": info["sparsity"], "ratio_to_floor": total / floor,
+                         "goal_5x": total <= 5 * floor,
                          "torch_pruning_l1_seconds": tp_seconds, "ratio_to_torch_pruning": total / tp_seconds,
                          "load_average": list(os.getloadavg())})
             print(f"{name} {setting}: SNACS {total:.1f} s = {total / floor:.1f}x the forward floor {floor:.2f} s "

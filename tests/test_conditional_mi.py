@@ -80,7 +80,8 @@ def test_conditionally_independent_cell_of_a_layer_matrix():
     assert float(rho[1]) <= float(null.max()) + 0.01 and float(rho[0]) > float(null.max()) + 0.1
     legacy = mi.edge_cmi_matrix(torch.as_tensor(child), torch.as_tensor(parent), [0], list(range(10)),
                                 conditioning="random")[0]
-    assert float(legacy[1]) > float(legacy[2:].max()) + 0.15  # one random direction of the other parents does not condition on parent 0
+    # one random direction of the other parents does not condition on parent 0
+    assert float(legacy[1]) > float(legacy[2:].max()) + 0.15
 
 
 # ------------------------------------------------------------------------------------------- Gaussian closed form

@@ -142,7 +142,8 @@ def test_docs_build_strict(tmp_path):
     assert all(f"connprune {name}" in cli_html for name in typer.main.get_command(cli.app).commands)
     api = (site / "api" / "index.html").read_text()
     for anchor in ("connprune.methods.PruningMethod.prune", "connprune.methods.create", "connprune.surgery.apply",
-                   "connprune.graph.dependency.build", "connprune.measure.sparsity.sparsity", "connprune.checkpoint.save",
+                   "connprune.graph.dependency.build", "connprune.measure.sparsity.sparsity",
+                   "connprune.checkpoint.save",
                    "connprune.checkpoint.load", "connprune.models.create", "connprune.data.load"):
         assert f'id="{anchor}"' in api, anchor
     # a docstring's text, rendered: PruningMethod.describe's first line
