@@ -83,7 +83,7 @@ class DatasetInfo:
 class ImageData:
     """A whole split in memory."""
 
-    images: torch.Tensor   # uint8, (N, C, H, W), contiguous
+    images: torch.Tensor   # uint8 (N, C, H, W), contiguous; or float inputs used as given (info.mean empty)
     labels: torch.Tensor   # int64, (N,)
     info: DatasetInfo
     split: str             # "train" or "test"

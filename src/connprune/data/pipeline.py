@@ -17,7 +17,10 @@ from connprune.data.datasets import DatasetInfo, ImageData
 
 
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """Map uint8 images in [0, 255] (or float in [0, 1]) to float32 normalised with the data set's mean and std."""
+    """Map uint8 images in [0, 255] (or float in [0, 1]) to float32 normalised with the data set's mean and std;
+    a set without mean and std (float inputs of :func:`connprune.data.from_tensors`) is used as given."""
+    if not info.mean:
+        return images.to(torch.float32)
     mean = torch.tensor(info.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(info.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     scale = (1.0 / 255.0 if images.dtype == torch.uint8 else 1.0) / std

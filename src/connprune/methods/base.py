@@ -29,13 +29,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from connprune import models
-from connprune.data import ImageData
+from connprune.data import DataSource, ImageData
+from connprune.data.sources import check_source, first_inputs, read
 from connprune.errors import UserError
-from connprune.graph import ExampleInputs
+from connprune.graph import ExampleInputs, for_model
 from connprune.measure.sparsity import count_prunable
 from connprune.methods import budget
 from connprune.plan import Kind, PruningResult, Sparsity
-from connprune.surgery.masks import check_masks, combine
+from connprune.surgery.masks import MaskEnforcer, check_masks, combine
 from connprune.train.recipes import TrainConfig
 from connprune.train.trainer import Trainer, TrainHook
 
@@ -54,9 +55,12 @@ class MethodParams(BaseModel):
 class PruneData:
     """What a method may read besides the model. Methods declare what they need; the rest may be ``None``."""
 
-    train: ImageData | None = None
-    """Training data (activations, gradients, probe samples, or the data a training method trains on)."""
-    test: ImageData | None = None
+    train: DataSource | None = None
+    """Training data (activations, gradients, probe samples, or the data a training method trains on): a built-in
+    set (:func:`connprune.data.load`), tensors (:func:`connprune.data.from_tensors`) or any iterable of
+    ``(inputs, targets)`` batches such as a ``DataLoader``, of which a method reads only what it needs
+    (:meth:`PruningMethod.reads`)."""
+    test: DataSource | None = None
     """Test data (methods that train report test accuracy per epoch)."""
     recipe: TrainConfig | None = None
     """The training recipe for methods that prune while training (``needs_training``)."""
@@ -77,9 +81,20 @@ def resolve_example_inputs(model: nn.Module, data: PruneData) -> ExampleInputs:
     if models.is_zoo_model(model):
         return models.input_shape(model)
     if data.train is not None:
-        return tuple(data.train.info.input_shape)
+        return tuple(data.train.info.input_shape) if isinstance(data.train, ImageData) else first_inputs(data.train)
     raise UserError(f"{type(model).__name__} is not a zoo model, so connprune cannot tell what it takes as input; "
                     "pass PruneData(example_inputs=torch.randn(1, C, H, W)) (as for Torch-Pruning)")
+
+
+@dataclass(frozen=True)
+class Reads:
+    """How much of an iterable of training batches a method reads: ``samples`` samples, or ``per_class`` samples of
+    every class (the model's output width), in the iterable's order; ``why`` names the parameter that sets it. Both
+    ``None``: all of it, into memory."""
+
+    samples: int | None = None
+    per_class: int | None = None
+    why: str = ""
 
 
 class PruningMethod(ABC):
@@ -123,6 +138,7 @@ class PruningMethod(ABC):
         sparsity = self.check_sparsity(sparsity)
         self._require(data)
         data = replace(data, example_inputs=resolve_example_inputs(model, data))
+        data = self._read_train(model, sparsity, data)
         reference = count_prunable(model)
         result = self._prune(model, sparsity, data)
         pruned = result.model if result.model is not None else model
@@ -155,6 +171,20 @@ class PruningMethod(ABC):
         result.info["budget_note"] = note
         warnings.warn(note, stacklevel=3)
 
+    def reads(self, sparsity: Sparsity) -> Reads | None:
+        """What the method reads of training data given as an iterable (see :class:`Reads`); ``None``: it streams
+        the iterable itself (training) or reads none."""
+        return None
+
+    def _read_train(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruneData:
+        """``data`` with an iterable ``train`` read into memory as far as :meth:`reads` says."""
+        needed = self.reads(sparsity)
+        if data.train is None or isinstance(data.train, ImageData) or needed is None:
+            return data
+        classes = output_width(model, data.example_inputs) if needed.per_class is not None else None
+        return replace(data, train=read(data.train, samples=needed.samples, per_class=needed.per_class,
+                                        num_classes=classes, who=self.name, why=needed.why))
+
     @abstractmethod
     def _prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
         """The method's own step: ``sparsity`` is validated and ``data.example_inputs`` is set."""
@@ -168,6 +198,9 @@ class PruningMethod(ABC):
         if self.needs_data and data.train is None:
             raise UserError(f"method {self.name!r} needs training data; pass --data NAME (or a checkpoint that "
                             "records its data set), or PruneData(train=...) in Python")
+        for part in ("train", "test"):
+            if getattr(data, part) is not None:
+                check_source(getattr(data, part), f"PruneData.{part}")
 
     def check_sparsity(self, sparsity: Sparsity) -> Sparsity:
         """Validate a requested sparsity: a number in [0, 1), or ``"auto"`` for methods that choose their own."""
@@ -262,7 +295,10 @@ class TrainingMethod(PruningMethod):
                           description=self.description())
         self.start(model, sparsity, data, optimizer=trainer.optimizer, steps_per_epoch=len(trainer.batches),
                    epochs=during)
+        earlier = MaskEnforcer(model, data.masks, trainer.optimizer) if data.masks else None  # old zeros stay zero
         fit = trainer.fit()
+        if earlier is not None:
+            earlier.detach()
         result = self.finalize(model)
         result.model = model
         result.train_after = after if result.train_after is None else result.train_after
@@ -290,6 +326,20 @@ class MethodHook(TrainHook):
         self.method.on_epoch_end(epoch, trainer.model, trainer.optimizer)
 
 
+@torch.no_grad()
+def output_width(model: nn.Module, example_inputs: ExampleInputs) -> int:
+    """The number of classes ``model`` predicts: the last dimension of its output on ``example_inputs``."""
+    was_training = model.training
+    try:
+        output = model.eval()(*for_model(model, example_inputs))
+    finally:
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor):
+        raise UserError(f"{type(model).__name__} returns a {type(output).__name__}; connprune's methods need a model "
+                        "that returns class logits (batch, classes)")
+    return int(output.shape[-1])
+
+
 def split_epochs(method: str, total: int, after: int | None, default_after: int | None = None) -> tuple[int, int]:
     """``(epochs with the penalty, refit epochs)``: ``after`` refit epochs (default a third of ``total``) and the
     rest penalised; UserError if none are left to penalise."""
@@ -308,5 +358,5 @@ def _describe(error: dict[str, Any]) -> str:
     return f"parameter {where!r}: {error['msg']}"
 
 
-__all__ = ["Kind", "MethodHook", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Sparsity",
-           "TrainingMethod", "resolve_example_inputs", "split_epochs"]
+__all__ = ["Kind", "MethodHook", "MethodParams", "PruneData", "PruningMethod", "PruningResult", "Reads", "Sparsity",
+           "TrainingMethod", "output_width", "resolve_example_inputs", "split_epochs"]

@@ -51,7 +51,7 @@ from connprune.measure import importance
 from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, network_connectivity
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Reads, Sparsity
 from connprune.methods.budget import excluded_scores, fit_to_surgery
 
 
@@ -200,6 +200,9 @@ class GCNet(PruningMethod):
                "|Pearson| connectivities between consecutive layers; single weights by magnitude on the first b")
     Params = GCNetParams
     needs_data = True
+
+    def reads(self, sparsity: Sparsity) -> Reads:
+        return Reads(per_class=self.params.probe_per_class, why="probe_per_class")
 
     def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         started = time.perf_counter()

@@ -39,7 +39,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from connprune.data import ImageData
+from connprune.data import DataSource, read
 from connprune.data.pipeline import Batches
 from connprune.errors import UserError
 from connprune.graph import ChannelGroup, ModelGraph, build
@@ -47,7 +47,8 @@ from connprune.measure import curvature, importance
 from connprune.measure.sparsity import count_prunable
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningResult, Sparsity, TrainingMethod
-from connprune.methods.channel_budget import fit_channels, kept_channels, ratio_bounds, remaining_weights
+from connprune.methods.channel_budget import (fit_channels, kept_channels, layer_density, ratio_bounds,
+                                              remaining_weights)
 from connprune.surgery import MaskEnforcer, removal_masks
 from connprune.train import distributed
 from connprune.train.recipes import TrainConfig
@@ -156,8 +157,10 @@ def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: floa
     def kept_at(ratio: float) -> dict[str, int]:
         return {g.root: kept_channels(g.channels, ratio, 1, min_neurons) for g in groups}
 
+    density = layer_density(graph)  # an earlier pruning's zeros count, at each layer's density
+
     def achieved(ratio: float) -> float:
-        return 1.0 - remaining_weights(graph, {**full, **kept_at(ratio)}) / dense
+        return 1.0 - remaining_weights(graph, {**full, **kept_at(ratio)}, density) / dense
 
     if achieved(1.0) < sparsity:
         raise UserError(f"a weight sparsity of {sparsity} cannot be reached by removing neurons of the prunable "
@@ -165,7 +168,7 @@ def neuron_targets(graph: ModelGraph, groups: list[ChannelGroup], sparsity: floa
                         "(prune_first_conv=true, prune_residual=true)")
     low, _ = ratio_bounds(achieved, sparsity)
     return fit_channels(graph, kept_at(low), sparsity, floor={g.root: min(min_neurons, g.channels) for g in groups},
-                        step={g.root: 1 for g in groups})
+                        step={g.root: 1 for g in groups}, density=density)
 
 
 # ------------------------------------------------------------------------------------------------------ the masks
@@ -222,9 +225,10 @@ def neuron_scores(kind: Importance, masks: NeuronMasks, group: ChannelGroup, kfa
     return importance.in_out_norm(group, masks.graph)
 
 
-def diagnostic_batch(data: ImageData, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``samples`` training images, normalised, in a fixed order (the ρ̂ / exact λmax diagnostics)."""
-    return next(iter(Batches(data, min(samples, len(data)), device=device)))
+def diagnostic_batch(data: DataSource, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``samples`` training samples, normalised, in a fixed order (the ρ̂ / exact λmax diagnostics)."""
+    held = read(data, samples=samples, who="kfac", why="diagnostic_samples")
+    return next(iter(Batches(held, min(samples, len(held)), device=device)))
 
 
 def final_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[str], reduce: str,
@@ -384,7 +388,7 @@ class KFACPruning(TrainingMethod):
         return PruningResult(remove=self.masks.removed(), train_after=0, info=info)
 
 
-def train_and_prune(model: nn.Module, train_data: ImageData, test_data: ImageData | None, recipe: TrainConfig,
+def train_and_prune(model: nn.Module, train_data: DataSource, test_data: DataSource | None, recipe: TrainConfig,
                     sparsity: float, params: KFACParams, *, progress: bool = False,
                     device: torch.device | None = None, hooks: list[TrainHook] | None = None
                     ) -> tuple[nn.Module, dict[str, list[int]], dict[str, Any]]:

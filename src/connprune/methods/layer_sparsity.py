@@ -50,8 +50,9 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
-from connprune.data import ImageData
+from connprune.data import ImageData, read
 from connprune.data.pipeline import Batches
+from connprune.data.sources import batches
 from connprune.errors import UserError
 from connprune.measure.cost import cost
 from connprune.methods import register
@@ -166,6 +167,10 @@ def _min_preactivation(model: nn.Module, layers: Sequence[str], x: torch.Tensor)
     return min(found) if found else 0.0
 
 
+PROBE_SAMPLES = 2048
+"""Training samples the merge is checked on (and the subgradient solver's small groups projected on)."""
+
+
 @torch.no_grad()
 def _merge_error(model: nn.Module, merged: nn.Module, data_batches: Sequence[torch.Tensor],
                  input_shape: tuple[int, ...], nonnegative_input: bool, seed: int) -> float:
@@ -212,7 +217,7 @@ class LayerSparsity(RegularisedMethod):
     def start(self, model: nn.Module, sparsity: Sparsity, data: PruneData | None = None, **schedule: Any) -> None:
         p = self.params
         if p.nonnegative_input and data is not None and data.train is not None:
-            low = float(next(iter(Batches(data.train, 4096, device=data.device)))[0].min())
+            low = float(next(iter(batches(data.train, 4096, device=data.device)))[0].min())
             if low < 0:
                 raise UserError(f"nonnegative_input=true but the normalised training inputs reach {low:.3f} < 0 "
                                 "(the data set is mean-normalised); leave nonnegative_input false")
@@ -249,10 +254,12 @@ class LayerSparsity(RegularisedMethod):
         p = self.params
         assert self.data.train is not None
         depth_before = merge.depth(model)
-        input_shape = self.data.train.info.input_shape
-        cost_before = cost(model, input_shape)
+        example = self.data.example_inputs
+        assert example is not None
+        cost_before = cost(model, example)
         groups = layer_groups(model, self.links, self.lam, p.group_scale, p.penalise_bias)
-        probe = self.data.train.subset(torch.arange(min(len(self.data.train), 2048)))
+        probe = read(self.data.train, samples=PROBE_SAMPLES, who=self.name, why="the merge check's probe")
+        probe = probe.subset(torch.arange(min(len(probe), PROBE_SAMPLES)))
         info: dict[str, Any] = {"lambda_path": self.path} if getattr(self, "path", None) else {}
         if p.solver == "subgradient":
             info.update(self._project_small_groups(model, groups, probe, self.data.device))
@@ -265,8 +272,8 @@ class LayerSparsity(RegularisedMethod):
         merged = copy.deepcopy(model).eval()
         for run in runs:
             merge.merge_layers(merged, run, require_inactive=True, nonnegative_input=p.nonnegative_input)
-        error = _merge_error(model, merged, [x_probe], input_shape, p.nonnegative_input, p.seed)
-        cost_after = cost(merged, input_shape)
+        error = _merge_error(model, merged, [x_probe], tuple(x_probe.shape[1:]), p.nonnegative_input, p.seed)
+        cost_after = cost(merged, example)
         info.update({
             "lambda": self.lam, "solver": p.solver, "penalised_layers": [g.name for g in groups],
             "not_penalised": self.skipped, "inactive_layers": sorted(inactive, key=[g.name for g in groups].index),
@@ -295,9 +302,10 @@ class LayerSparsity(RegularisedMethod):
             raise UserError(f"lambda_path values must be >= 0, got {grid}")
         assert data.train is not None
         self.start(model, "auto", data)
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(p.seed))
+        train = read(data.train, who=self.name, why="the λ path holds out a tenth of it")   # an iterable: all of it
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.seed))
         held = max(1, len(order) // 10)
-        fit_data, validation = data.train.subset(order[held:]), data.train.subset(order[:held])
+        fit_data, validation = train.subset(order[held:]), train.subset(order[:held])
         epochs = p.epochs_per_lambda or max(1, recipe.epochs // len(grid))
         path, states = [], []
         for lam in grid:

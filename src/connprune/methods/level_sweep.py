@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from connprune.data import read
 from connprune.errors import UserError
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods.base import PruneData
@@ -27,12 +28,13 @@ def sweep_prune_levels(model: nn.Module, data: PruneData, grid: list[float],
     lowest π if none is). The chosen masks apply to the *original* weights; the job's own fine-tuning follows."""
     if data.train is None:
         raise UserError("the π sweep needs training data")
+    train = read(data.train, who="the π sweep", why="it holds out validation_fraction of it")  # an iterable: all
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data.train), generator=generator)
+    order = torch.randperm(len(train), generator=generator)
     held = max(1, int(len(order) * validation_fraction))
-    validation, training = data.train.subset(order[:held]), data.train.subset(order[held:])
+    validation, training = train.subset(order[:held]), train.subset(order[held:])
     dense_accuracy = float(evaluate(model, validation, device=data.device)["accuracy"])
-    recipe = data.recipe or default_recipe(data.train.info.name)
+    recipe = data.recipe or default_recipe(train.info.name)
     rows, best = [], None
     for level in sorted(grid):
         masks, info = masks_at(level)

@@ -5,8 +5,9 @@ both layers are split into contiguous equal groups, and each (child group c, par
 ``ρ^l_{c,p} = I(A_c^{l+1}; A_p^l | A_{−p}^l)``, the conditional MI between the child group's and the parent group's
 activations given all other parent filters (docs/methods/mint.md §2). Connections of lowest score are removed by zeroing
 the kernel slices ``W^{l+1}[j, i, :, :]`` of every child filter j in c and parent filter i in p (a Linear child after a
-flatten: the ``H·W`` input block of parent channel i). Thresholds are global over all layers with a per-layer upper
-limit ``u_l`` on the pruned fraction of cells (docs/methods/mint.md §2 "Thresholds"). Filters left with no outgoing (or
+flatten: the ``H·W`` input block of parent channel i). Thresholds compare scores made comparable across layers
+(``thresholds``: quantiles within each layer by default, :func:`comparable_scores`) with a per-layer upper limit
+``u_l`` on the pruned fraction of cells (docs/methods/mint.md §2 "Thresholds"). Filters left with no outgoing (or
 no incoming) connection are removed physically by :func:`connprune.surgery.apply`'s shrink (the dead-unit rule of
 :mod:`connprune.surgery.shrink`), so the saved model is smaller; residual-stream channels go only when every consumer of
 the stream agrees (docs/methods/mint.md §3, dependency-group rule).
@@ -24,18 +25,22 @@ connprune's choices (each *reconstructed: not confirmed from the paper*, documen
   does this for a linear first layer only: a conv's parents would be its 1–3 colour channels, so each pruned cell
   would silence a filter's whole input (with CIFAR images this wrecked accuracy). The paper prunes only hidden
   pairs (MNIST-MLP: "only layer 2").
-- **Budget**: ``sparsity`` is connprune's fraction of prunable weights. Cells are taken in ascending global score
-  order, a layer stopping at ``round(u_l · cells)``, until the masks zero at least ``round(sparsity · weights)``
-  weights — the same cells MINT's global-quantile rule takes, with the quantile chosen to meet the budget; the
-  overshoot is less than one cell. If the limits make the budget unreachable, every limit is raised by the same
+- **Budget**: ``sparsity`` is connprune's fraction of prunable weights, counted after surgery
+  (:func:`~connprune.methods.budget.fit_to_surgery`). Cells are taken in ascending order of their comparable score,
+  a layer stopping at ``round(u_l · cells)``, until the masks zero at least ``round(sparsity · weights)`` weights —
+  the cells MINT's threshold rule takes, with the level chosen to meet the budget; the overshoot is less than one
+  cell. If the limits make the budget unreachable, every limit is raised by the same
   amount (``relax_limits``; recorded in ``info["limits_relaxed_by"]``) or a UserError says so.
-- **π** (``sparsity="auto"``): MINT's own rule, ``δ = U[round(π·|U|)]`` over the pooled unique scores, each layer
-  switching to its local limit when δ would prune more than ``u_l`` (here: its ``round(u_l·cells)`` lowest cells).
-  ``prune_level`` fixes π; ``pi_grid`` sweeps it (docs/methods/mint.md §3 step 8): each π is fine-tuned ``sweep_epochs``
-  on a held-out split of the training data and the most compressed one within ``max_accuracy_drop`` of the dense
-  validation accuracy is kept (a validation pick, not the reference's best-test-epoch pick, docs/methods/mint.md §8).
+- **π** (``sparsity="auto"``): MINT's own rule, ``δ = U[round(π·|U|)]`` over the pooled unique scores (δ = π on
+  within-layer quantiles), each layer switching to its local limit when δ would prune more than ``u_l`` (here: its
+  ``round(u_l·cells)`` lowest cells). By default π is swept (0.1 … 1.0, docs/methods/mint.md §3 step 8): each π is
+  fine-tuned ``sweep_epochs`` on a held-out split of the training data and the most compressed one within
+  ``max_accuracy_drop`` of the dense validation accuracy is kept (a validation pick, not the reference's
+  best-test-epoch pick, docs/methods/mint.md §8); ``pi_grid`` sets the grid and ``prune_level`` fixes one π.
 - **Estimator**: ``"edge"`` (default: the hash-based chain-rule CMI of :func:`~connprune.measure.mutual_information.
-  edge_cmi_matrix`, fast) or ``"mst"`` (MINT's reference MST estimator, O(N²) per cell: small networks only).
+  edge_cmi_matrix`, conditioned on the other parents through their ridge predictions, fast), ``"mst"`` (MINT's
+  reference MST estimator, O(N²) per cell: small networks only) or ``"random"`` (the random-cell control). Negative
+  estimates are clipped to 0.
 - **Groups**: ``groups=G`` gives each layer the largest divisor of its width that is ≤ G (``"auto"``: G = 64, so
   single filters up to 64 and 64 groups for 128–512 filters, docs/methods/mint.md §4); ``layer_groups`` sets a layer's
   count exactly (it must divide the width). The classifier is grouped by class.
@@ -58,7 +63,7 @@ from connprune.measure import activations as acts
 from connprune.measure.mutual_information import edge_cmi_matrix, mst_cmi_matrix
 from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.methods import level_sweep, register, score_cache
-from connprune.methods.base import (Kind, MethodParams, PruneData, PruningMethod, PruningResult, Sparsity,
+from connprune.methods.base import (Kind, MethodParams, PruneData, PruningMethod, PruningResult, Reads, Sparsity,
                                     resolve_example_inputs)
 from connprune.methods.budget import fit_to_surgery
 
@@ -618,6 +623,12 @@ class ConnectivityPruning(PruningMethod):
                                   epochs=params.sweep_epochs, max_drop=params.max_accuracy_drop,
                                   validation_fraction=params.validation_fraction, seed=params.seed)
 
+    def reads(self, sparsity: Sparsity) -> Reads:
+        """Scoring reads ``samples_per_class`` of every class; ``sparsity="auto"`` may fine-tune (the π sweep), so it
+        reads all of an iterable."""
+        return Reads() if sparsity == "auto" else Reads(per_class=self.params.samples_per_class,
+                                                        why="samples_per_class")
+
     def _prune(self, model: nn.Module, sparsity: Sparsity, data: PruneData) -> PruningResult:
         state = self.score(model, data)
         started = time.perf_counter()
@@ -639,7 +650,7 @@ class Mint(ConnectivityPruning):
     name = "mint"
     paper = ("Ganesh, Corso & Yasaei Sekeh, MINT: Deep Network Compression via Mutual Information-based Neuron "
              "Trimming, ICPR 2020 (arXiv 2003.08472)")
-    summary = ("remove the filter-group connections of least conditional MI given the other parents; global "
-               "threshold with per-layer limits; disconnected filters removed")
+    summary = ("remove the filter-group connections of least conditional MI given the other parents; thresholds "
+               "per layer (quantiles) with per-layer limits, π swept for auto; disconnected filters removed")
     Params = MintParams
     default_pi_grid = tuple(round(0.1 * k, 1) for k in range(1, 11))

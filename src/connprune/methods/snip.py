@@ -16,7 +16,7 @@ from connprune.data.pipeline import Batches
 from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
-from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
+from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Reads, Sparsity
 from connprune.methods.budget import excluded_scores, fit_to_surgery
 
 
@@ -36,6 +36,9 @@ class Snip(PruningMethod):
     Params = SnipParams
     needs_trained = False
     needs_data = True
+
+    def reads(self, sparsity: Sparsity) -> Reads:
+        return Reads(samples=self.params.batches * self.params.batch_size, why="batches × batch_size")
 
     def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         weights = prunable_weights(model)

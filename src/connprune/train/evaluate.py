@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from connprune import data as data_mod
-from connprune.data import ImageData
+from connprune.data import DataSource, ImageData
 from connprune.data.pipeline import Batches
+from connprune.data.sources import batches
 from connprune.data.shift import ShiftItem, parse_shift, shifted_images, summarise
 from connprune.utils.seed import default_device
 
@@ -18,7 +19,7 @@ from connprune.utils.seed import default_device
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: ImageData,
+    data: DataSource,
     *,
     batch_size: int = 512,
     device: torch.device | str | None = None,
@@ -26,13 +27,16 @@ def evaluate(
 ) -> dict[str, float | int]:
     """Top-1 ``accuracy`` (a fraction), mean cross-entropy ``loss`` and ``samples`` of ``model`` on ``data``.
 
-    ``images`` replaces ``data.images`` (e.g. a corrupted copy) while keeping the labels and normalisation.
+    ``data``: an :class:`ImageData` or any iterable of ``(inputs, targets)`` batches (a ``DataLoader``).
+    ``images`` replaces ``data.images`` of an ImageData (e.g. a corrupted copy) keeping labels and normalisation.
     """
     device = torch.device(device) if device is not None else default_device()
     was_training = model.training
     model.eval().to(device)
     correct, loss_sum, n = 0, 0.0, 0
-    for x, y in Batches(data, batch_size, device=device, images=images):
+    source = batches(data, batch_size, device=device, who="test data") if images is None else \
+        Batches(data, batch_size, device=device, images=images)  # type: ignore[arg-type]
+    for x, y in source:
         logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()

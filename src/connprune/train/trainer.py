@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from connprune.data import ImageData
-from connprune.data.pipeline import Batches
+from connprune.data import DataSource
+from connprune.data.sources import batches, check_source
 from connprune.errors import UserError
 from connprune.train import distributed
 from connprune.train.evaluate import evaluate
@@ -97,13 +97,18 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 
 
 class Trainer:
-    """Train ``model`` on ``train_data`` with ``config``; evaluate on ``test_data`` after every epoch."""
+    """Train ``model`` on ``train_data`` with ``config``; evaluate on ``test_data`` after every epoch.
+
+    Either may be an :class:`~connprune.data.ImageData` (batched, shuffled and augmented as ``config`` says, and
+    resumed exactly) or any iterable of ``(inputs, targets)`` batches with a length, e.g. a ``DataLoader``, which
+    batches, shuffles and augments itself (a resumed run continues from the saved epoch with the loader's order).
+    """
 
     def __init__(
         self,
         model: nn.Module,
-        train_data: ImageData,
-        test_data: ImageData | None,
+        train_data: DataSource,
+        test_data: DataSource | None,
         config: TrainConfig,
         *,
         hooks: list[TrainHook] | None = None,
@@ -115,8 +120,8 @@ class Trainer:
         self.config = config
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
-        self.train_data = train_data
-        self.test_data = test_data
+        self.train_data = check_source(train_data, "training data")
+        self.test_data = check_source(test_data, "test data") if test_data is not None else None
         self.hooks = list(hooks or [])
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.world_size = distributed.world_size() if distributed.is_distributed() else 1
@@ -138,9 +143,9 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.batches = Batches(
-            train_data, config.batch_size, shuffle=True, augment=True, generator=self.generator, device=self.device,
-            rank=self.rank, world_size=self.world_size,
+        self.batches = batches(
+            self.train_data, config.batch_size, shuffle=True, augment=True, generator=self.generator,
+            device=self.device, rank=self.rank, world_size=self.world_size, who="training data",
         )
         self.total_steps = config.epochs * len(self.batches)
 
@@ -281,8 +286,8 @@ class Trainer:
 
 def train(
     model: nn.Module,
-    train_data: ImageData,
-    test_data: ImageData | None,
+    train_data: DataSource,
+    test_data: DataSource | None,
     config: TrainConfig,
     **kwargs: Any,
 ) -> TrainResult:
