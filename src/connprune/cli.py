@@ -169,7 +169,8 @@ def datasets(data_dir: Optional[Path] = DataDirOpt, as_json: bool = JsonOpt) -> 
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", help="A zoo model name (see `connprune models`)."),
+    model: str = typer.Option(..., "--model", help="A zoo model name (see `connprune models`), or "
+                              "package.module:factory: your own model (imports that code)."),
     data: str = typer.Option("digits", "--data", help="Data set name (see `connprune datasets`)."),
     data_dir: Optional[Path] = DataDirOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help=RECIPE_HELP["epochs"]),
@@ -204,6 +205,8 @@ def train(
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="package.module:factory that builds the checkpoint's "
+                                        "model, for a model from outside the zoo (imports that code)."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the one it was trained on)."),
     data_dir: Optional[Path] = DataDirOpt,
     shift: str = typer.Option("none", "--shift", help="none, NAME:SEVERITY, all, a list, or a shift data set."),
@@ -223,8 +226,8 @@ def eval_cmd(
     if connectivity is None and (scree is not None or heat_taps != "all"):
         raise UserError("--scree and --heat-taps only apply with --connectivity REFERENCE_CHECKPOINT; add it or drop "
                         "them")
-    job = EvalJob.build(checkpoint=checkpoint, data=data, data_dir=data_dir, shift=shift, seed=seed, cost=with_cost,
-                        connectivity=connectivity, heat_taps=heat_taps, scree=scree)
+    job = EvalJob.build(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, shift=shift, seed=seed,
+                        cost=with_cost, connectivity=connectivity, heat_taps=heat_taps, scree=scree)
     result, rows, name = evaluate_job(job)
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))
@@ -281,7 +284,8 @@ def prune(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Trained checkpoint to prune (methods that "
                                               "prune a trained model)."),
     model: Optional[str] = typer.Option(None, "--model", help="Zoo model to build fresh (methods that prune at "
-                                        "initialisation or while training; not with --checkpoint)."),
+                                        "initialisation or while training); package.module:factory builds your "
+                                        "own (imports that code), also to rebuild a --checkpoint of it."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the checkpoint's; required with "
                                        "--model)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="With --model: epochs to train the pruned "
@@ -293,6 +297,12 @@ def prune(
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0, help="With --checkpoint: epochs of "
                                         "fine-tuning after pruning, masks enforced, at a tenth of the recipe's "
                                         "learning rate."),
+    steps: int = typer.Option(1, "--steps", min=1, help="Prune to --sparsity in this many steps (a one-shot "
+                              "method), training --step-epochs between them."),
+    step_spacing: str = typer.Option("cubic", "--step-spacing", help="With --steps: cubic (big steps first; Zhu & "
+                                     "Gupta 2018) or linear."),
+    step_epochs: int = typer.Option(1, "--step-epochs", min=0, help="With --steps: epochs of training between "
+                                    "two steps, masks enforced."),
     data_dir: Optional[Path] = DataDirOpt,
     shift: str = typer.Option("none", "--shift", help="Evaluate under shift before and after (see eval)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the method's random choices, the fresh model's "
@@ -309,7 +319,8 @@ def prune(
     check_out_dir(out_dir, overwrite=overwrite)
     job = PruneJob.build(method=method, sparsity=parse_sparsity(sparsity), out=out_dir, checkpoint=checkpoint,
                          model=model, data=data, epochs=epochs, params=parse_param_values(param),
-                         finetune_epochs=finetune_epochs, data_dir=data_dir, shift=shift, seed=seed,
+                         finetune_epochs=finetune_epochs, steps=steps, step_spacing=step_spacing,
+                         step_epochs=step_epochs, data_dir=data_dir, shift=shift, seed=seed,
                          shrink=not no_shrink, progress=True,
                          model_options=parse_param_values(model_param, "--model-param"))
     metrics = prune_job(job)

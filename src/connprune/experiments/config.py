@@ -70,6 +70,17 @@ class MethodEntry(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
     sparsities: list[Sparsity] | None = Field(None, min_length=1)
+    steps: int = Field(1, ge=1)
+    """Prune in this many steps with training between them (``connprune prune --steps``)."""
+    step_spacing: Literal["cubic", "linear"] = Field("cubic", alias="step-spacing")
+    step_epochs: int = Field(1, ge=0, alias="step-epochs")
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The PruneJob fields of an iterative schedule (empty for one step, so one-step keys stay as they were)."""
+        if self.steps == 1:
+            return {}
+        return {"steps": self.steps, "step_spacing": self.step_spacing, "step_epochs": self.step_epochs}
 
     @property
     def display(self) -> str:
@@ -338,8 +349,9 @@ def _check_models(config: ExperimentConfig, fail: Fail) -> None:
     from connprune import models
 
     for i, name in enumerate(config.models):
-        if name not in models.names():
-            fail(("models", i), f"unknown model {name!r}; choose one of: {', '.join(models.names())}")
+        if name not in models.names() and not models.is_factory(name):
+            fail(("models", i), f"unknown model {name!r}; choose one of: {', '.join(models.names())}, or "
+                 "package.module:factory (your own, imported)")
     for name, options in config.model_options.items():
         if name not in config.models:
             fail(("model-options", name), f"model {name!r} is not in models: ({', '.join(config.models)})")
@@ -408,9 +420,9 @@ def _check_methods(config: ExperimentConfig, fail: Fail) -> dict[str, int]:
             fail(("methods", i), f"method label {entry.display!r} is used twice (also entry {labels[entry.display]}); "
                  "give one of them a distinct `label:`")
         labels[entry.display] = i
-        signature = json.dumps([entry.name, params], sort_keys=True)
+        signature = json.dumps([entry.name, params, entry.schedule], sort_keys=True)
         if signature in seen_runs:
-            fail(("methods", i), f"methods[{i}] repeats methods[{seen_runs[signature]}] (same method and "
+            fail(("methods", i), f"methods[{i}] repeats methods[{seen_runs[signature]}] (same method, steps and "
                  "parameters); remove one")
         seen_runs[signature] = i
         if not re.fullmatch(r"[A-Za-z0-9._+=-]+", entry.display):
@@ -483,6 +495,7 @@ class RunSpec:
     sparsity: Sparsity = 0.0
     seed: int = 0
     needs_trained: bool = True
+    schedule: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -505,13 +518,15 @@ def expand(loaded: LoadedConfig) -> list[RunSpec]:
             for entry in config.methods:
                 params = config.method_params(entry)
                 params_json = json.dumps(params, sort_keys=True, separators=(",", ":"))
+                keyed = params_json + (json.dumps(entry.schedule, sort_keys=True) if entry.schedule else "")
                 needs_trained = methods.get(entry.name).needs_trained
                 for sparsity in config.sparsities_of(entry):
                     sparsity = "auto" if sparsity == "auto" else float(sparsity)
-                    key = run_key(loaded.hash, model, entry.name, entry.display, params_json, sparsity, seed)
+                    key = run_key(loaded.hash, model, entry.name, entry.display, keyed, sparsity, seed)
                     runs.append(RunSpec(key=key, config_hash=loaded.hash, model=model, method=entry.name,
                                         label=entry.display, params=params, params_json=params_json,
-                                        sparsity=sparsity, seed=seed, needs_trained=needs_trained))
+                                        sparsity=sparsity, seed=seed, needs_trained=needs_trained,
+                                        schedule=entry.schedule))
     return runs
 
 

@@ -25,6 +25,7 @@ from connprune.measure import cost
 from connprune.measure.sparsity import count_nonzero, count_prunable
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
+from connprune.methods.iterative import StepSchedule, prune_in_steps
 from connprune.surgery import MaskEnforcer, apply_masks
 from connprune.train import TrainConfig, Trainer, default_recipe, distributed, evaluate, evaluate_shift
 from connprune.utils.seed import default_device, seed_everything
@@ -81,6 +82,11 @@ class PruneJob(JobSpec):
     epochs: int | None = Field(None, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
     finetune_epochs: int = Field(0, ge=0)
+    steps: int = Field(1, ge=1)
+    """Prune in this many steps (:func:`connprune.methods.iterative.prune_in_steps`), ``step_epochs`` of training
+    between them."""
+    step_spacing: Literal["cubic", "linear"] = "cubic"
+    step_epochs: int = Field(1, ge=0)
     data_dir: Path | None = None
     shift: str = "none"
     seed: int = 0
@@ -95,6 +101,8 @@ class EvalJob(JobSpec):
     """``connprune eval``: clean and shifted accuracy of a checkpoint, its cost and its connectivity."""
 
     checkpoint: Path
+    model: str | None = None
+    """``package.module:factory`` that builds a checkpoint of a model from outside the zoo (imports that code)."""
     data: str | None = None
     data_dir: Path | None = None
     shift: str = "none"
@@ -219,6 +227,7 @@ def prune_model(
     progress: bool = True,
     recipe_overrides: dict[str, Any] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    schedule: StepSchedule = StepSchedule(),
 ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
     """Prune ``model`` with ``method``, then train it ``train_epochs`` with the masks enforced (a fine-tune at a
     tenth of the recipe's learning rate for methods that prune a trained model; full training for methods that
@@ -241,10 +250,9 @@ def prune_model(
     if method.needs_trained:
         recipe = recipe.model_copy(update={"lr": recipe.lr * 0.1})
     started = time.perf_counter()
-    result = method.prune(model, sparsity, PruneData(train=train_data, test=test_data, recipe=recipe, device=device,
-                                                     progress=progress, example_inputs=info.input_shape,
-                                                     masks=masks))
-    model, masks = surgery.apply(model, result, shrink=shrink, example_inputs=info.input_shape)
+    prune_data = PruneData(train=train_data, test=test_data, recipe=recipe, device=device, progress=progress,
+                           example_inputs=info.input_shape, masks=masks)
+    model, masks, result = _prune_and_apply(method, model, sparsity, prune_data, schedule, shrink)
     prune_seconds = time.perf_counter() - started
     acc_pruned = evaluate(model, test_data)["accuracy"]
     finetune_seconds = 0.0
@@ -277,6 +285,25 @@ def prune_model(
         for when, shifted, clean in (("before", shift_before, acc_before), ("after", shift_after, acc_after)):
             metrics.update({f"{k}_{when}": v for k, v in robustness(shifted, clean).items()})
     return model, masks, metrics
+
+
+def _prune_and_apply(method: methods.PruningMethod, model: nn.Module, sparsity: float | str, data: PruneData,
+                     schedule: StepSchedule, shrink: bool) -> tuple[nn.Module, dict[str, torch.Tensor],
+                                                                     methods.PruningResult]:
+    """One shot, or ``schedule.steps`` steps with ``schedule.epochs`` of training between them (masks enforced)."""
+    if schedule.steps == 1:
+        result = method.prune(model, sparsity, data)
+        return (*surgery.apply(model, result, shrink=shrink, example_inputs=data.example_inputs), result)
+    assert data.train is not None and data.recipe is not None
+
+    def fine_tune(current: nn.Module, kept: dict[str, torch.Tensor], step: int) -> None:
+        trainer = Trainer(current, data.train, None, data.recipe.model_copy(update={"epochs": schedule.epochs}),
+                          progress=data.progress, description=f"{method.name} step {step}/{schedule.steps}")
+        MaskEnforcer(current, kept, trainer.optimizer)
+        trainer.fit()
+
+    return prune_in_steps(method, model, sparsity, data, steps=schedule.steps, spacing=schedule.spacing,
+                          shrink=shrink, between=fine_tune if schedule.epochs > 0 else None)
 
 
 CHANCE_MARGIN = 0.02
@@ -315,6 +342,18 @@ def _epochs_after(method: methods.PruningMethod, result: methods.PruningResult, 
     return 0 if method.needs_training else train_epochs
 
 
+def _factory(model: str | None) -> str | None:
+    """``--model`` when it names user code that builds a checkpoint's model (``package.module:factory``)."""
+    if model is not None and not models.is_factory(model):
+        raise UserError(f"--model {model} with --checkpoint: a zoo checkpoint rebuilds its own model; --model here "
+                        "takes package.module:factory for a model from outside the zoo")
+    return model
+
+
+def _zoo_name(model: str | None) -> str | None:
+    return None if model is None or models.is_factory(model) else model
+
+
 def _model_to_prune(job: PruneJob, method: methods.PruningMethod) -> tuple[nn.Module, str, int, dict]:
     """(model, data set name, epochs to train after surgery, masks it already carries) for ``job``."""
     _check_prune_flags(job, method)
@@ -325,7 +364,7 @@ def _model_to_prune(job: PruneJob, method: methods.PruningMethod) -> tuple[nn.Mo
         if job.model_options:
             raise UserError("--model-param configures a fresh model; a checkpoint's model is rebuilt from its "
                             "model.json, so drop --model-param when pruning --checkpoint")
-        loaded = checkpoint.load_checkpoint(job.checkpoint)
+        loaded = checkpoint.load_checkpoint(job.checkpoint, _factory(job.model))
         data_name = job.data or loaded.meta.get("data", {}).get("name")
         if not data_name:
             raise UserError(f"{job.checkpoint}/model.json does not name its data set; pass --data NAME")
@@ -343,7 +382,8 @@ def _check_prune_flags(job: PruneJob, method: methods.PruningMethod) -> None:
     """UserError for flags ``method`` would ignore: ``--model``/``--epochs`` with a method that prunes a trained
     ``--checkpoint``; ``--checkpoint``/``--finetune-epochs`` with one that prunes a fresh model."""
     if method.needs_trained:
-        ignored = [flag for flag, value in (("--model", job.model), ("--epochs", job.epochs)) if value is not None]
+        ignored = [flag for flag, value in (("--model", _zoo_name(job.model)), ("--epochs", job.epochs))
+                   if value is not None]
         if ignored and job.checkpoint is not None:
             raise UserError(f"method {job.method!r} prunes the trained model of --checkpoint, so "
                             f"{' and '.join(ignored)} would be ignored; drop {' and '.join(ignored)} (fine-tune "
@@ -386,7 +426,8 @@ def prune_job(job: PruneJob) -> dict[str, Any]:
     test_data = data.load(data_name, "test", job.data_dir, seed=job.seed)
     model, masks, metrics = prune_model(model, method, sparsity, train_data, test_data, train_epochs=train_epochs,
                                         shift=job.shift, data_dir=job.data_dir, seed=job.seed, shrink=job.shrink,
-                                        progress=job.progress, recipe_overrides=job.recipe, masks=masks or None)
+                                        progress=job.progress, recipe_overrides=job.recipe, masks=masks or None,
+                                        schedule=StepSchedule(job.steps, job.step_spacing, job.step_epochs))
     if distributed.is_main():
         checkpoint.save(model, job.out, data_info=train_data.info.to_json(), metrics=metrics, masks=masks)
     distributed.barrier()
@@ -402,7 +443,7 @@ its scree saturation time t*, and at t = ∞ (:meth:`connprune.measure.heat.Heat
 
 def evaluate_job(job: EvalJob) -> tuple[dict[str, Any], list[list[Any]], str]:
     """``connprune eval``: (the JSON result, table rows ``[evaluation, value]``, the data set's name)."""
-    loaded = checkpoint.load_checkpoint(job.checkpoint)
+    loaded = checkpoint.load_checkpoint(job.checkpoint, _factory(job.model))
     name = job.data or loaded.meta.get("data", {}).get("name")
     if not name:
         raise UserError(f"{job.checkpoint}/model.json does not name its data set; pass --data NAME")
@@ -437,7 +478,7 @@ def _connectivity_rows(job: EvalJob, loaded: checkpoint.Checkpoint, shape: tuple
     from connprune.measure import heat
 
     assert job.connectivity is not None
-    reference = checkpoint.load_checkpoint(job.connectivity)
+    reference = checkpoint.load_checkpoint(job.connectivity, _factory(job.model))
     comparison = heat.compare(reference.model, loaded.model, shape, masks=loaded.masks,
                               reference_masks=reference.masks, taps=job.heat_taps)
     result.update(comparison.summary(HEAT_T_MULTIPLES))

@@ -213,7 +213,7 @@ def execute(run: RunSpec, settings: Settings, store: Store, out: Path | None = N
     extra: dict[str, Any] = {}
     common = dict(method=run.method, sparsity=run.sparsity, params=run.params, data=settings.data,
                   data_dir=settings.data_dir, shift=settings.shift, seed=run.seed, progress=settings.progress,
-                  recipe=settings.train)
+                  recipe=settings.train, **run.schedule)
     if run.needs_trained:
         started = time.perf_counter()
         folder, dense_metrics = ensure_dense(settings, run.model, run.seed, store)

@@ -99,9 +99,11 @@ def fit_to_surgery(select: Callable[[float, Masks], Masks], sparsity: float, mod
        its kept count (bisection), and with ``scores`` the surplus goes again, lowest-scoring first, taking only
        weights whose unit and input keep another live weight (:func:`_trim`), so the shrunk model keeps exactly
        the method's kept count.
+    Weights that are zero already (an earlier pruning's, see ``PruneData.masks``) are forced from the start: they
+    count toward the budget instead of being pruned again on top of it.
     Whatever is left is reported by :meth:`connprune.methods.base.PruningMethod.prune`'s budget check.
     """
-    forced: Masks = {}
+    forced: Masks = {name: w.detach() == 0 for name, w in prunable_weights(model).items() if not bool(w.all())}
     masks = select(sparsity, forced)
     wanted = sum(int(_kept(w, masks.get(n)).sum()) for n, w in prunable_weights(model).items())
     for taken in range(1, rounds + 1):

@@ -21,9 +21,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from connprune.graph import ChannelGroup, ModelGraph, build, is_depthwise
+from connprune.graph import ChannelGroup, ExampleInputs, ModelGraph, build, is_depthwise
 from connprune.measure.importance import ChannelImportance
-from connprune.measure.sparsity import count_prunable
+from connprune.measure.sparsity import count_prunable, prunable_weights
+from connprune.methods import budget
 from connprune.methods.base import MethodParams, PruneData
 from connprune.plan import PruningResult
 
@@ -58,10 +59,18 @@ def kept_channels(channels: int, ratio: float, round_to: int, min_channels: int,
     return keep if (not strict and aligned == channels > keep) else aligned
 
 
-def remaining_weights(graph: ModelGraph, kept: dict[str, int]) -> int:
+def layer_density(graph: ModelGraph) -> dict[str, float]:
+    """The non-zero fraction of every layer's weight (below 1 where an earlier pruning left zeros)."""
+    weights = {name: graph.model.get_submodule(name).weight.detach() for name in graph.layers}
+    return {name: float(w.count_nonzero()) / max(w.numel(), 1) for name, w in weights.items()}
+
+
+def remaining_weights(graph: ModelGraph, kept: dict[str, int], density: dict[str, float] | None = None) -> float:
     """Prunable weights left when each group (keyed by root) keeps ``kept[root]`` channels: every layer keeps its
     kept output channels times the input columns its input groups keep (through concatenations and flattens),
-    divided among a grouped conv's groups (a depthwise conv keeps one input per output)."""
+    divided among a grouped conv's groups (a depthwise conv keeps one input per output). With ``density``
+    (:func:`layer_density`) each layer's count is scaled by its non-zero fraction: the expected non-zero weights
+    left when the channels to go are not known yet (earlier zeros count toward the budget)."""
     out_group = {layer: group for group in graph.groups for layer in group.producers}
     in_removed: dict[str, int] = {}
     for group in graph.groups:
@@ -73,12 +82,13 @@ def remaining_weights(graph: ModelGraph, kept: dict[str, int]) -> int:
         layer = graph.model.get_submodule(name)
         kernel = layer.weight[0, 0].numel() if layer.weight.dim() > 2 else 1
         out_kept = kept.get(out_group[name].root, layer.weight.shape[0]) if name in out_group else layer.weight.shape[0]
+        scale = 1.0 if density is None else density.get(name, 1.0)
         if is_depthwise(layer):
-            total += out_kept * kernel
+            total += out_kept * kernel * scale
             continue
         groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
         in_kept = layer.weight.shape[1] * groups - in_removed.get(name, 0)
-        total += out_kept * (in_kept // groups) * kernel
+        total += out_kept * (in_kept // groups) * kernel * scale
     for group in graph.groups:  # attention output projections: kept rows times kept columns
         total += sum(kept.get(group.root, group.channels) ** 2 for _ in group.tied)
     return total
@@ -122,7 +132,8 @@ def _next_to_drop(kept: dict[str, int], floor: dict[str, int], step: dict[str, i
 
 
 def fit_channels(graph: ModelGraph, kept: dict[str, int], sparsity: float, *, floor: dict[str, int],
-                 step: dict[str, int], scores: dict[str, torch.Tensor] | None = None) -> dict[str, int]:
+                 step: dict[str, int], scores: dict[str, torch.Tensor] | None = None,
+                 density: dict[str, float] | None = None) -> dict[str, int]:
     """From ``kept`` (channels per group root, sparser than ``sparsity`` is not yet reached), take channels away
     one selection unit at a time (``step[root]`` channels: 1, or the alignment block) from the group that loses the
     least (:func:`_next_to_drop`) until the weights left meet ``sparsity``: the sparsity then exceeds the target by
@@ -130,7 +141,7 @@ def fit_channels(graph: ModelGraph, kept: dict[str, int], sparsity: float, *, fl
     dense = count_prunable(graph.model)
     kept = dict(kept)
     full = {g.root: g.channels for g in graph.groups}
-    while 1.0 - remaining_weights(graph, {**full, **kept}) / dense < sparsity:
+    while 1.0 - remaining_weights(graph, {**full, **kept}, density) / dense < sparsity:
         root = _next_to_drop(kept, floor, step, full, scores)
         if root is None:
             break  # every group is at its floor: the nearest achievable sparsity
@@ -158,6 +169,25 @@ def channels_to_remove(group: ChannelGroup, scores: torch.Tensor, count: int) ->
     return sorted(block * size + p for block in range(group.blocks) for p in positions)
 
 
+def _counting_zeros(plan: Callable[[float], tuple[dict[str, int], dict[str, list[int]]]], sparsity: float,
+                    model: nn.Module, example_inputs: ExampleInputs, dense: int
+                    ) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """The plan whose removal, with the zeros an earlier pruning left (``PruneData.masks``), ends nearest above
+    ``sparsity`` counted exactly after surgery: the dense count's target is lowered by bisection (the zeros in the
+    removed channels are not known until the channels are)."""
+    def exact(target: float) -> float:
+        result = PruningResult(remove=plan(target)[1])
+        return budget.count(model, result, example_inputs, reference=dense).sparsity
+
+    low, high = 0.0, sparsity
+    if exact(high) <= sparsity:
+        return plan(high)
+    for _ in range(14):
+        middle = (low + high) / 2
+        low, high = (middle, high) if exact(middle) < sparsity else (low, middle)
+    return plan(high)
+
+
 def structured_removal(model: nn.Module, sparsity: float, data: PruneData, params: ChannelBudgetParams,
                        channel_scores: ChannelImportance) -> PruningResult:
     """Remove the lowest-scoring channels of every group at one uniform ratio, then channel by channel (the group
@@ -183,10 +213,18 @@ def structured_removal(model: nn.Module, sparsity: float, data: PruneData, param
     step = {g.root: g.blocks * (_aligned(g, round_to) if aligned[g.root] else 1) for g in groups}
     scores = {g.root: position_scores(g, channel_scores(g, graph)) for g in groups}
     floor = {g.root: min(g.channels, max(floor_positions[g.root] * g.blocks, step[g.root])) for g in groups}
-    kept = fit_channels(graph, {g.root: kept_at(low)[g.root] for g in groups}, sparsity, floor=floor, step=step,
-                        scores=scores) if sparsity > 0 else {g.root: g.channels for g in groups}
-    remove = {g.root: channels_to_remove(g, scores[g.root], g.channels - kept[g.root])
-              for g in groups if kept[g.root] < g.channels}
+
+    def plan(target: float) -> tuple[dict[str, int], dict[str, list[int]]]:
+        start = kept_at(low if target == sparsity else ratio_bounds(achieved, target)[0])
+        kept = fit_channels(graph, {g.root: start[g.root] for g in groups}, target, floor=floor, step=step,
+                            scores=scores) \
+            if target > 0 else {g.root: g.channels for g in groups}
+        return kept, {g.root: channels_to_remove(g, scores[g.root], g.channels - kept[g.root])
+                      for g in groups if kept[g.root] < g.channels}
+
+    kept, remove = plan(sparsity)
+    if sparsity > 0 and any(not bool(w.all()) for w in prunable_weights(model).values()):
+        kept, remove = _counting_zeros(plan, sparsity, model, data.example_inputs, dense)
     unaligned = {g.root: g.blocks * kept_channels(g.channels // g.blocks, ratio, 1, floor_positions[g.root])
                  for g in groups}
     info = {"channel_ratio": ratio, "round_to": round_to,

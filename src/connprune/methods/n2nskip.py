@@ -46,6 +46,7 @@ from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult
+from connprune.methods.budget import excluded_scores
 from connprune.methods.snip import Snip
 from connprune.surgery import skips as skip_surgery
 from connprune.train.recipes import TrainConfig
@@ -143,7 +144,9 @@ class _SkipMethod(PruningMethod):
         if self.params.base == "snip":
             snip = Snip(seed=self.params.seed, batch_size=self.params.batch_size)
             return snip.prune(model, (total - keep) / total, data).masks
-        return keep_exactly(importance.random_scores(weights, self.params.seed), keep, self._scope())
+        earlier = {name: w == 0 for name, w in weights.items()}  # an earlier pruning's zeros go first
+        scores = excluded_scores(importance.random_scores(weights, self.params.seed), earlier)
+        return keep_exactly(scores, keep, self._scope())
 
     def _sites(self, model: nn.Module, data: PruneData, kernel_size: int | None) -> list[skip_surgery.SkipSite]:
         return skip_surgery.plan(model, data.example_inputs, span=self.params.span, placement=self.params.placement,

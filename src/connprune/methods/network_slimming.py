@@ -28,8 +28,9 @@ from torch import nn
 from connprune.errors import UserError
 from connprune.graph import ChannelGroup, ModelGraph, build
 from connprune.measure.importance import batchnorm_scale
-from connprune.measure.sparsity import count_prunable
+from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.methods import register
+from connprune.methods.budget import count as budget_count
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningResult, Sparsity, TrainingMethod
 from connprune.methods.channel_budget import remaining_weights
 
@@ -79,9 +80,13 @@ def global_removal(graph: ModelGraph, groups: list[ChannelGroup], scores: dict[s
     if budget == "neurons":
         return take(min(total, math.ceil(sparsity * sum(g.channels for g in groups) - 1e-9)))
     dense = count_prunable(graph.model)
+    earlier_zeros = any(not bool(w.all()) for w in prunable_weights(graph.model).values())
 
     def achieved(count: int) -> float:
         removed = take(count)
+        if earlier_zeros:  # an earlier pruning's zeros count toward the budget, exactly after surgery
+            counted = budget_count(graph.model, PruningResult(remove=removed), graph.example_inputs, reference=dense)
+            return counted.sparsity
         return 1.0 - remaining_weights(graph, {**full, **{r: full[r] - len(v) for r, v in removed.items()}}) / dense
 
     if sparsity > 0 and achieved(total) < sparsity:
