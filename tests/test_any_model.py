@@ -10,13 +10,14 @@ masks keep.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from connprune import graph, methods, surgery
+from connprune import checkpoint, graph, methods, models, surgery
 from connprune.errors import UserError
 from connprune.measure.sparsity import count_nonzero, count_prunable
 from connprune.methods import PruneData
@@ -229,3 +230,40 @@ def test_a_shrink_that_would_break_the_model_is_refused_and_the_model_kept():
         masked, _ = surgery.apply(copy.deepcopy(model), result, shrink=False, example_inputs=X)
         assert torch.allclose(shrunk(X), masked(X), rtol=1e-5, atol=1e-6)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched either way
+
+
+@pytest.mark.parametrize("build", [Fire, Split, Grouped, LayerScaled, Attention],
+                         ids=["concat", "split", "grouped-se", "layernorm-layerscale", "attention"])
+def test_a_shrunk_user_model_round_trips_through_a_checkpoint_into_a_fresh_instance(tmp_path, build):
+    torch.manual_seed(0)
+    model = build().eval()
+    result = methods.create("l1-filter", round_to=1).prune(model, 0.4, methods.PruneData(example_inputs=X))
+    shrunk, masks = surgery.apply(copy.deepcopy(model), result, example_inputs=X)
+    checkpoint.save(shrunk, tmp_path / "ck", masks=masks)
+    loaded = checkpoint.load_checkpoint(tmp_path / "ck", model=build())
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), shrunk.eval()(x))
+    assert loaded.masks.keys() == masks.keys()
+
+
+def test_a_factory_named_by_the_caller_rebuilds_the_model(tmp_path, monkeypatch):
+    (tmp_path / "user_models.py").write_text(
+        "from torch import nn\n"
+        "def build(width=8):\n"
+        "    return nn.Sequential(nn.Conv2d(1, width, 3), nn.ReLU(), nn.Flatten(), nn.Linear(width * 36, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = models.create("user_models:build", width=12).eval()
+    result = methods.create("l1-filter").prune(model, 0.5, methods.PruneData(example_inputs=X))
+    shrunk, masks = surgery.apply(model, result, example_inputs=X)
+    checkpoint.save(shrunk, tmp_path / "ck", masks=masks)
+    meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+    assert meta["architecture"] == "user_models:build" and meta["config"] == {"width": 12}
+    with pytest.raises(UserError, match="imports code only when asked"):
+        checkpoint.load(tmp_path / "ck")
+    loaded = checkpoint.load(tmp_path / "ck", model="user_models:build")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), shrunk(x))
+    with pytest.raises(UserError, match="cannot import 'no_such_module'"):
+        checkpoint.load(tmp_path / "ck", model="no_such_module:build")

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from connprune import methods, models, surgery
+from connprune.data.pipeline import Batches
 from connprune.errors import UserError
 from connprune.experiments.jobs import PruneJob, prune_job
 from connprune.graph import build
@@ -156,6 +158,39 @@ def test_penalty_lowers_spectral_radius(digits_train) -> None:
         results[beta] = info
     assert results[1e-2]["final_spectral_radius"] < results[0.0]["final_spectral_radius"]
     assert results[1e-2]["final_exact_ggn_lambda_max"] < results[0.0]["final_exact_ggn_lambda_max"]
+
+
+def _user_loop(beta: float, digits_train) -> dict:
+    """A plain PyTorch loop (a DataLoader, torch's SGD, no connprune trainer) with K-FAC's public hooks."""
+    x, y = next(iter(Batches(digits_train, len(digits_train))))
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    model = _mlp([32], seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method = methods.create("kfac", beta=beta, g_mode="full", stat_every=1, eig_every=5, ema=0.9,
+                            exact_eigenvalue=True)
+    epochs, step = 9, 0
+    method.start(model, 0.0, methods.PruneData(train=loader), optimizer=optimizer, steps_per_epoch=len(loader),
+                 epochs=epochs)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for inputs, targets in loader:
+            outputs = model(inputs)
+            loss = nn.functional.cross_entropy(outputs, targets) + method.penalty(model, outputs, targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            method.on_step(step, model, optimizer)
+        method.on_epoch_end(epoch, model, optimizer)
+    return method.finalize(model).info
+
+
+def test_penalty_lowers_the_exact_ggn_eigenvalue_from_a_plain_user_loop(digits_train) -> None:
+    """The same claim as inside connprune's trainer (test above), with the user's own loop, optimiser and
+    DataLoader driving :meth:`TrainingMethod.start`/``penalty``/``on_step``/``on_epoch_end``/``finalize``."""
+    plain, penalised = _user_loop(0.0, digits_train), _user_loop(1e-2, digits_train)
+    assert penalised["final_exact_ggn_lambda_max"] < plain["final_exact_ggn_lambda_max"]
+    assert penalised["final_spectral_radius"] < plain["final_spectral_radius"]
 
 
 def test_no_pretraining_needed(tmp_path, digits_test) -> None:

@@ -5,6 +5,14 @@ branches; see :mod:`connprune.surgery.edits`) and the per-layer widths after sur
 :func:`load` rebuilds the exact (possibly shrunk) module from the registry without executing anything from the file.
 Masks, if any, are stored beside the weights as tensors named ``mask::<parameter name>``. Every directory is written
 under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint.
+
+Any ``nn.Module`` saves. A model from outside the zoo records its class (``"architecture": null``), or the factory
+that builds it (``"architecture": "package.module:factory"`` with its keyword arguments in ``"config"``), and the
+attributes surgery changes (``"modules"``: a layer's ``in_channels``, a LayerNorm's ``normalized_shape``, an
+attention's ``embed_dim``, ...). Loading it takes the user's freshly built module (``load(dir, model=MyNet())``) or
+the factory (``load(dir, model="package.module:factory")``, which imports that code: connprune imports nothing a
+file names unless the caller names it too); the recorded attributes, the stored tensor shapes, edits and weights are
+then applied to that module.
 """
 
 from __future__ import annotations
@@ -93,6 +101,68 @@ def add_biases(model: nn.Module, names: list[str]) -> nn.Module:
     return model
 
 
+_PLAIN = (bool, int, float, str, type(None))
+CLASS_KEY = "_class"
+"""The key of a module's class in ``model.json``'s ``modules`` (never an attribute name: those are public)."""
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, _PLAIN) or isinstance(value, (tuple, list)) and all(isinstance(v, _PLAIN) for v in value)
+
+
+def module_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The plain public attributes (numbers, strings, tuples of them) of every module that holds parameters or
+    buffers itself: what surgery changes beside tensor shapes (``in_channels``, ``normalized_shape``,
+    ``embed_dim``, ``num_features``, ...), as JSON."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is None and next(module.buffers(recurse=False), None) is None:
+            continue
+        attributes = {key: list(value) if isinstance(value, tuple) else value for key, value in vars(module).items()
+                      if not key.startswith("_") and key != "training" and _plain(value)}
+        found[name] = {CLASS_KEY: _class_name(module), **attributes}
+    return found
+
+
+def _class_name(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def conform(model: nn.Module, attributes: dict[str, dict[str, Any]],
+            header: dict[str, tuple[str, tuple[int, ...]]]) -> nn.Module:
+    """Give a freshly built ``model`` the recorded module ``attributes`` and the tensor shapes of the checkpoint's
+    ``header`` (empty tensors of those shapes; the values are loaded after the check against the header). Only
+    attributes the module already has, of the same kind, are set."""
+    modules = dict(model.named_modules())
+    for name, recorded in attributes.items():
+        if name not in modules:
+            raise UserError(f"model.json names module {name!r}, which {type(model).__name__} does not have; the "
+                            "checkpoint belongs to another model")
+        module = modules[name]
+        if recorded.get(CLASS_KEY, _class_name(module)) != _class_name(module):
+            raise UserError(f"module {name!r} is a {_class_name(module)} but the checkpoint's is a "
+                            f"{recorded[CLASS_KEY]}; the checkpoint belongs to another model")
+        for key, value in recorded.items():
+            current = vars(module).get(key, ...)
+            value = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+            if current is not ... and (type(value) is type(current) or current is None or value is None):
+                setattr(module, key, value)
+    state = model.state_dict(keep_vars=True)
+    for key, (_, shape) in header.items():
+        owner_name, _, attribute = key.rpartition(".")
+        owner, current = modules.get(owner_name), state.get(key)
+        if key.startswith(MASK_PREFIX) or owner is None or current is not None and tuple(current.shape) == shape:
+            continue
+        if current is None and attribute == "bias" and getattr(owner, "bias", ...) is None:
+            owner.bias = nn.Parameter(torch.empty(shape))  # surgery folded a removed unit into a bias
+        elif isinstance(current, nn.Parameter):
+            setattr(owner, attribute, nn.Parameter(torch.empty(shape, dtype=current.dtype),
+                                                   requires_grad=current.requires_grad))
+        elif current is not None:
+            owner.register_buffer(attribute, torch.empty(shape, dtype=current.dtype))
+    return model
+
+
 def save(
     model: nn.Module,
     directory: str | Path,
@@ -100,18 +170,31 @@ def save(
     data_info: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    architecture: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (built by :func:`connprune.models.create`) as a checkpoint directory, atomically."""
-    if not hasattr(model, "connprune_arch"):
-        raise UserError("this model was not built by connprune.models.create, so it cannot be rebuilt from a "
-                        "checkpoint; build it with connprune.models.create(name, ...)")
+    """Write ``model`` as a checkpoint directory, atomically.
+
+    A model built by :func:`connprune.models.create` (a zoo name or a ``"package.module:factory"``) records how it
+    was built. Any other module records its class; pass ``architecture="package.module:factory"`` (and the
+    factory's keyword arguments as ``config``, JSON values) to record how to build it instead."""
+    if architecture is not None and not models.is_factory(architecture):
+        raise UserError(f"architecture={architecture!r} is not an importable factory; pass 'package.module:function' "
+                        "(a function or class that builds the model from keyword arguments)")
+    built_by = getattr(model, "connprune_arch", None) if architecture is None else architecture
+    built_with = (getattr(model, "connprune_config", {}) if architecture is None else config) or {}
+    try:
+        json.dumps(built_with)
+    except TypeError as exc:
+        raise UserError(f"config must hold JSON values (numbers, strings, lists, dicts): {exc}") from None
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, mask in (masks or {}).items():
         tensors[MASK_PREFIX + name] = mask.detach().cpu().to(torch.bool).contiguous()
     meta = {
         "format": FORMAT,
-        "architecture": model.connprune_arch,
-        "config": model.connprune_config,
+        "architecture": built_by,
+        "config": built_with,
+        **({} if built_by in models.names() else {"class": _class_name(model), "modules": module_attributes(model)}),
         "widths": layer_widths(model),
         "biases": layers_with_bias(model),
         "skips": [e for e in edits.recorded(model) if e["op"] == "skip"],
@@ -181,17 +264,23 @@ def _check_bounds(value: Any, where: str, path: Path) -> None:
                         "edited, re-create the checkpoint")
 
 
+def _json_kind(kind: type | tuple[type, ...]) -> str:
+    names = {"str": "string", "NoneType": "null", "dict": "object", "list": "array"}
+    return " or ".join(names.get(k.__name__, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+
+
 def _read_meta(directory: Path) -> dict[str, Any]:
     """``model.json``, checked for its format, the types of its parts and absurd sizes."""
     path = directory / MODEL_JSON
     meta = _read_json(path)
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} has format {meta.get('format')!r}; this connprune reads format {FORMAT}")
-    kinds = {"architecture": str, "config": dict, "widths": dict, "biases": list, "edits": list}
+    kinds = {"architecture": (str, type(None)), "config": dict, "widths": dict, "biases": list, "edits": list,
+             "modules": dict}
     for key, kind in kinds.items():
         if key in meta and not isinstance(meta[key], kind) or key in ("architecture", "config") and key not in meta:
-            raise UserError(f"{path}: {key!r} must be a JSON {kind.__name__.replace('str', 'string')}; the "
-                            "checkpoint is damaged, re-create it")
+            raise UserError(f"{path}: {key!r} must be a JSON {_json_kind(kind)}; the checkpoint is damaged, "
+                            "re-create it")
     for name, width in meta.get("widths", {}).items():
         if not isinstance(width, list) or not 1 <= len(width) <= 3 or \
                 not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in width):
@@ -199,6 +288,8 @@ def _read_meta(directory: Path) -> dict[str, Any]:
                             "re-create the checkpoint")
     for key in ("config", "widths", "edits"):
         _check_bounds(meta.get(key, {}), key, path)
+    if not all(isinstance(v, dict) for v in meta.get("modules", {}).values()):
+        raise UserError(f"{path}: 'modules' must map module names to JSON objects; re-create the checkpoint")
     return meta
 
 
@@ -269,8 +360,8 @@ def _check_against_header(model: nn.Module, meta: dict[str, Any], header: dict[s
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise UserError(f"{path} does not match architecture {meta['architecture']!r} ({detail}); the weights and "
-                        "model.json come from different models")
+        raise UserError(f"{path} does not match architecture {meta['architecture'] or meta.get('class')!r} ({detail}); "
+                        "the weights and model.json come from different models")
     for key, (dtype, shape) in sorted(state.items()):
         kind, want = expected[key]
         if shape != want or _DTYPE_KINDS.get(dtype) != kind:
@@ -302,10 +393,38 @@ def _fill(model: nn.Module, path: Path) -> tuple[nn.Module, dict[str, torch.Tens
     return model, masks
 
 
-def load_checkpoint(directory: str | Path) -> Checkpoint:
+def _build_given(meta: dict[str, Any], model: nn.Module | str | None,
+                 header: dict[str, tuple[str, tuple[int, ...]]], path: Path) -> nn.Module:
+    """The module ``model`` names (the caller's instance, or built by the factory the caller names), given the
+    checkpoint's edits, attributes and tensor shapes (:func:`conform`)."""
+    architecture = meta.get("architecture")
+    if model is None:
+        built_by = f"the factory {architecture!r}" if architecture else f"{meta.get('class', 'a class')} (no factory)"
+        how = f"model={architecture!r} (CLI: --model {architecture}) to import it, or " if architecture else ""
+        raise UserError(f"{path.parent} holds a model from outside the zoo, built by {built_by}; connprune imports "
+                        f"code only when asked: pass {how}model=YourModel() built as it was before pruning")
+    if isinstance(model, str):
+        if not models.is_factory(model):
+            raise UserError(f"model={model!r}: pass a zoo name, 'package.module:factory' or an nn.Module")
+        model = models.create(model, **meta["config"])  # imports the code the caller named
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model must be an nn.Module or 'package.module:factory', got {type(model).__name__}")
+    try:
+        edits.replay(model, meta.get("edits", []))
+        return conform(model, meta.get("modules", {}), header)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise UserError(f"{path} cannot be applied to {type(model).__name__} ({type(exc).__name__}: {exc}); pass "
+                        "the model the checkpoint was saved from, built as it was before pruning") from exc
+
+
+def load_checkpoint(directory: str | Path, model: nn.Module | str | None = None) -> Checkpoint:
     """Rebuild the model saved in ``directory`` and return it with its masks and metrics.
 
-    Untrusted files cost no more than their weights: ``model.json`` is checked (types, sizes) and the model it
+    ``model``: for a checkpoint of a model from outside the zoo, the freshly built module to load into (the
+    recorded edits, attributes, widths and weights are applied to it, in place) or the ``"package.module:factory"``
+    that builds it (imported: only when named here). Zoo checkpoints need none.
+
+    Untrusted files cost no more than their weights: ``model.json`` is checked (types, sizes) and a zoo model it
     describes is built on the meta device and compared with the safetensors header (shapes and dtypes, read without
     loading a tensor) before any memory is allocated; a mismatch is a UserError naming the layer. Nothing from the
     files is executed.
@@ -314,16 +433,20 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     meta = _read_meta(directory)
     header = _header(directory / WEIGHTS)
     _check_skips(meta, header, directory / MODEL_JSON)
-    model = _build_on_meta(meta, directory / MODEL_JSON)
+    if model is None and meta.get("architecture") in models.names():
+        model = _build_on_meta(meta, directory / MODEL_JSON)
+    else:
+        model = _build_given(meta, model, header, directory / MODEL_JSON)
     _check_against_header(model, meta, header, directory / WEIGHTS)
     model, masks = _fill(model, directory / WEIGHTS)
     metrics = _read_json(directory / METRICS_JSON) if (directory / METRICS_JSON).is_file() else {}
     return Checkpoint(model=model.eval(), meta=meta, masks=masks, metrics=metrics)
 
 
-def load(directory: str | Path) -> nn.Module:
-    """The model saved in ``directory``, rebuilt (shrunk, with masks applied) and in eval mode."""
-    checkpoint = load_checkpoint(directory)
+def load(directory: str | Path, model: nn.Module | str | None = None) -> nn.Module:
+    """The model saved in ``directory``, rebuilt (shrunk, with masks applied) and in eval mode; ``model`` as for
+    :func:`load_checkpoint`."""
+    checkpoint = load_checkpoint(directory, model)
     parameters = dict(checkpoint.model.named_parameters())
     with torch.no_grad():
         for name, mask in checkpoint.masks.items():

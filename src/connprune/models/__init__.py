@@ -37,8 +37,8 @@ from connprune.models import resnet_cifar as _resnet_cifar  # noqa: F401
 from connprune.models import resnet_imagenet as _resnet_imagenet  # noqa: F401
 from connprune.models import mobilenetv2 as _mobilenetv2  # noqa: F401
 # isort: on
-from connprune.models.registry import (ModelSpec, create, example_inputs, input_shape, is_zoo_model, names,
-                                       resolve_config, spec)
+from connprune.models.registry import (ModelSpec, create, example_inputs, input_shape, is_factory, is_zoo_model,
+                                       names, resolve_config, spec)
 
-__all__ = ["ModelSpec", "create", "example_inputs", "input_shape", "is_zoo_model", "names", "resolve_config",
-           "spec"]
+__all__ = ["ModelSpec", "create", "example_inputs", "input_shape", "is_factory", "is_zoo_model", "names",
+           "resolve_config", "spec"]

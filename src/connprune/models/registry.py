@@ -12,7 +12,10 @@ records the resolved config on the model (``model.connprune_config``) so that
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -173,13 +176,63 @@ def resolve_config(name: str, **config: Any) -> dict[str, Any]:
     return resolved
 
 
+_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def is_factory(name: str) -> bool:
+    """Whether ``name`` names user code that builds a model: ``"package.module:factory"``."""
+    return isinstance(name, str) and bool(_FACTORY.match(name))
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    """Import the callable ``"package.module:factory"`` names (user code: only ever on the caller's request)."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import {module_name!r} for model {name!r} ({exc}); install it, or run from the "
+                        "folder that holds it (or add that folder to PYTHONPATH)") from None
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+    if not callable(found):
+        raise UserError(f"{module_name!r} has no callable {attribute!r}; --model takes 'package.module:factory', a "
+                        "function or class that returns the nn.Module")
+    return found
+
+
+def _from_factory(name: str, config: dict[str, Any]) -> nn.Module:
+    """Call the factory with ``config``; the data set's keys (:data:`DATA_KEYS`) only where its signature takes
+    them."""
+    factory = _factory(name)
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    arguments = {k: v for k, v in config.items() if k not in DATA_KEYS or takes_any or k in parameters}
+    try:
+        model = factory(**arguments)
+    except TypeError as exc:
+        raise UserError(f"model {name!r} rejected its arguments {sorted(arguments)} ({exc}); pass the factory's "
+                        "keyword arguments with --model-param KEY=VALUE") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {name!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def create(name: str, **config: Any) -> nn.Module:
-    """Build zoo model ``name`` with ``config`` (see :func:`resolve_config`), freshly initialised.
+    """Build zoo model ``name`` with ``config`` (see :func:`resolve_config`), freshly initialised; or, for
+    ``name="package.module:factory"``, import that factory (the user's code) and call it with ``config`` (the data
+    set's keys only where it takes them).
 
     The model records ``connprune_arch`` (the name) and ``connprune_config`` (the full resolved config) so that
     ``create(model.connprune_arch, **model.connprune_config)`` rebuilds the same architecture. Initialisation draws
     from torch's global generator: the same ``torch.manual_seed`` gives the same weights.
     """
+    if is_factory(name):
+        model = _from_factory(name, config)
+        model.connprune_arch, model.connprune_config = name, dict(config)
+        return model
     resolved = resolve_config(name, **config)
     model = _entry(name).build(**copy.deepcopy(resolved))
     model.connprune_arch = name
