@@ -14,7 +14,8 @@ from connprune.errors import UserError
 from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
-from connprune.methods.gcnet import ghost_keep, ghost_keep_global, map_to_weights, resolve_split
+from connprune.methods import budget
+from connprune.methods.gcnet import ghost_keep, ghost_keep_global, map_to_weights, path_keep, resolve_split
 
 LENET = dict(input_size=8)  # digits are 8×8: conv2 → pool → 16 channels × 2×2 into fc1 (4 columns per channel)
 
@@ -226,3 +227,60 @@ def test_shrunk_model_equals_masked_model(digits_train, name, config):
     dense = count_prunable(model)
     # removing a dead unit also drops its still-unmasked (but useless) weights: the shrunk model is sparser
     assert sparsity_of(shrunk, masks, dense) >= sparsity_of(masked, None, dense) - 1e-12
+
+
+def units_on_paths(masks: dict[str, torch.Tensor], order: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Brute-force reachability on a chain's masks: per layer, the units with a kept incoming weight and the units
+    on an input-to-output path (reached from the input through kept connections and reaching a logit)."""
+    edges = []
+    for key, previous in zip(order, [None] + order[:-1]):
+        mask = masks[key].reshape(masks[key].shape[0], -1)
+        channels = masks[previous].shape[0] if previous else masks[key].shape[1]
+        edges.append(mask.reshape(mask.shape[0], channels, -1).any(dim=2))  # (units, parent units)
+    forward = [torch.ones(edges[0].shape[1], dtype=torch.bool)]
+    for edge in edges:
+        forward.append(torch.tensor([bool((edge[j] & forward[-1]).any()) for j in range(edge.shape[0])]))
+    backward = [torch.ones(edges[-1].shape[0], dtype=torch.bool)]
+    for edge in reversed(edges):
+        backward.insert(0, torch.tensor([bool((edge[:, i] & backward[0]).any()) for i in range(edge.shape[1])]))
+    with_inputs = [edge.any(dim=1) for edge in edges]
+    return with_inputs, [f & b for f, b in zip(forward[1:], backward[1:])]
+
+
+def test_path_keep_covers_units_and_channels_within_the_count():
+    g = torch.Generator().manual_seed(3)
+    ghost = torch.rand(9, 7, generator=g, dtype=torch.float64)
+    ghost[2, 4] = float("-inf")  # a forced entry
+    live = torch.tensor([True, True, False, True, True, True, False])
+    for count, cap in [(5, None), (12, None), (12, 4), (30, 20), (40, None)]:
+        keep = path_keep(ghost, count, live, cap)
+        rows = min(9, count, cap or 9)
+        assert int(keep.sum()) == min(count, rows * 5 - (1 if keep[2].any() else 0))
+        assert int(keep.any(dim=1).sum()) == rows  # min(units, count, cap) units keep an input
+        assert not keep[:, ~live].any() and not keep[2, 4]
+        assert int(keep.any(dim=0).sum()) == min(5, count)  # every live channel read while the count allows
+    assert torch.equal(path_keep(ghost, 63, None, None), torch.isfinite(ghost))
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_path_aware_keeps_every_kept_unit_on_a_path_at_the_budget(digits_train, split):
+    model = lenet()
+    order = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
+    sparsity = 0.9
+    result = prune(model, sparsity, digits_train, hybrid_split=split, path_aware=True)
+    with_inputs, on_paths = units_on_paths(result.masks, order)
+    for key, kept, path in zip(order, with_inputs, on_paths):
+        assert torch.equal(kept, path), key  # every unit with a kept input lies on an input-to-output path
+    # the ghost layers keep as many units as both budgets allow (count of kept cells of the layer and its reader)
+    cells = {key: result.masks[key].reshape(result.masks[key].shape[0], -1).shape[1] for key in order}
+    blocks = {"conv1.weight": 25, "conv2.weight": 25, "fc1.weight": 4, "fc2.weight": 1, "fc3.weight": 1}
+    count = {k: round((1 - sparsity) * result.masks[k].shape[0] * cells[k] / blocks[k]) for k in order}
+    for index in range(split, len(order) - 1):
+        key, reader = order[index], order[index + 1]
+        units = result.masks[key].shape[0]
+        assert int(on_paths[index].sum()) == min(units, count[key], count[reader]), key
+    counted = budget.count(model, result, (1, 8, 8))
+    reference = count_prunable(model)
+    assert abs((reference - counted.nonzero_after) - round(sparsity * reference)) <= result.info["budget_unit"]
+    plain = prune(model, sparsity, digits_train, hybrid_split=split)
+    assert sum(int(p.sum()) for p in units_on_paths(plain.masks, order)[1]) < sum(int(p.sum()) for p in on_paths)

@@ -77,6 +77,10 @@ class GCNetParams(MethodParams):
     """Direct layers absorb the ghost layers' rounding so the total sparsity equals layer-wise magnitude's."""
     batch_size: int = Field(256, ge=1)
     """Probe batch size."""
+    path_aware: bool = False
+    """Ours, not the paper's (docs/methods/gcnet.md §2 "Path-aware selection"): choose the ghost layers' masks in
+    forward order so that every unit they keep has an input from a kept unit of its parent and an output to a kept
+    unit of its child, as many units as the budgets of both layers allow; the paper prunes each ghost layer alone."""
 
 
 def resolve_split(hybrid_split: float, depth: int) -> int:
@@ -121,6 +125,60 @@ def ghost_keep_global(ghosts: dict[str, torch.Tensor], block: dict[str, int],
         masks[n] = keep[offset : offset + ghosts[n].numel()].view(ghosts[n].shape)
         offset += ghosts[n].numel()
     return masks
+
+
+def _top(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` largest finite ``values`` (ties to the earliest index), largest first."""
+    order = torch.sort(-values.to(torch.float64), stable=True).indices
+    return order[torch.isfinite(values[order])][: max(count, 0)]
+
+
+def path_keep(ghost: torch.Tensor, count: int, live: torch.Tensor | None = None, cap: int | None = None
+              ) -> torch.Tensor:
+    """Path-aware ghost mask Γ (docs/methods/gcnet.md §2 "Path-aware selection", ours) keeping at most ``count``
+    entries of ``ghost`` (units × channels; ``-inf`` = unavailable): only channels in ``live`` (the parent's kept
+    units; all when None) are read, and the kept entries
+
+    1. cover ``r = min(units, count, cap)`` units, those with the largest best entry (``cap``: what the child can
+       read) and at most ``count`` channels, those with the largest best entry into these units;
+    2. by an edge cover of that block — a greedy matching on the entries in descending order, then each unmatched
+       unit or channel by its largest entry: ``max(r, c)`` entries when the block is complete;
+    3. and the rest of ``count`` goes to the largest remaining entries of the block.
+    """
+    available = torch.isfinite(ghost)
+    if live is not None:
+        available &= live.to(available.device)[None, :]
+    values = ghost.to(torch.float64).masked_fill(~available, float("-inf"))
+    limit = min(count, cap) if cap is not None else count
+    rows = torch.zeros(ghost.shape[0], dtype=torch.bool)
+    rows[_top(values.max(dim=1).values, limit)] = True
+    values = values.masked_fill(~rows[:, None], float("-inf"))
+    columns = torch.zeros(ghost.shape[1], dtype=torch.bool)
+    columns[_top(values.max(dim=0).values, count)] = True
+    values = values.masked_fill(~columns[None, :], float("-inf"))
+    keep = torch.zeros(ghost.shape, dtype=torch.bool)
+    unmatched_rows = set(torch.nonzero((values > float("-inf")).any(dim=1)).view(-1).tolist())
+    unmatched_columns = set(torch.nonzero((values > float("-inf")).any(dim=0)).view(-1).tolist())
+    for flat in _top(values.reshape(-1), values.numel()).tolist():  # greedy matching
+        if not (unmatched_rows and unmatched_columns):
+            break
+        j, i = divmod(flat, ghost.shape[1])
+        if j in unmatched_rows and i in unmatched_columns:
+            keep[j, i] = True
+            unmatched_rows.discard(j)
+            unmatched_columns.discard(i)
+    for j in sorted(unmatched_rows):
+        keep[j, int(values[j].argmax())] = True
+    for i in sorted(unmatched_columns):
+        keep[int(values[:, i].argmax()), i] = True
+    if int(keep.sum()) > count:  # an incomplete block (forced entries): keep the largest of the cover
+        kept = values.masked_fill(~keep, float("-inf")).reshape(-1)
+        keep = torch.zeros(ghost.numel(), dtype=torch.bool)
+        keep[_top(kept, count)] = True
+        return keep.view(ghost.shape)
+    rest = values.masked_fill(keep, float("-inf")).reshape(-1)
+    keep.view(-1)[_top(rest, count - int(keep.sum()))] = True
+    return keep
 
 
 def map_to_weights(ghost_mask: torch.Tensor, weight: torch.Tensor, features_per_channel: int) -> torch.Tensor:
@@ -174,6 +232,8 @@ class _GhostState:
     ghosts: dict[str, torch.Tensor]
     block: dict[str, int]
     seconds: float
+    readers: dict[str, list[str]]
+    """Layer → the layers that read its output (the graph's pairs)."""
 
     @property
     def ghosts_of(self) -> set[str]:
@@ -188,6 +248,28 @@ def _cells_forced(forced: torch.Tensor | None, ghost: torch.Tensor, weight: torc
     if weight.dim() == 4:
         return forced.flatten(2).all(dim=2).cpu()
     return forced.reshape(forced.shape[0], -1, block).all(dim=2).cpu()
+
+
+def _path_masks(state: _GhostState, ghosts: dict[str, torch.Tensor], counts: dict[str, int],
+                live_units: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`path_keep` on every ghost layer in forward order, each keeping the entries its scope gave it
+    (``counts``): a child with one plain parent reads only the units that parent kept (a ghost layer's kept rows,
+    a direct layer's units with a kept weight, ``live_units``), and a layer read only by such children keeps at
+    most as many units as they keep entries."""
+    guided = {g.child: g for g in state.guided}
+    kept = dict(live_units)
+    masks: dict[str, torch.Tensor] = {}
+    for g in state.guided:
+        parent = g.parents[0] if len(g.parents) == 1 and not g.residual else None
+        live = kept.get(parent) if parent is not None else None
+        live = live if live is not None and live.numel() == g.channels else None
+        readers = state.readers.get(g.child, [])
+        chained = bool(readers) and all(r in guided and guided[r].parents == (g.child,) and not guided[r].residual
+                                        for r in readers)
+        cap = sum(counts[r] for r in readers) if chained else None
+        masks[g.child] = path_keep(ghosts[g.child], counts[g.child], live, cap)
+        kept[g.child] = masks[g.child].any(dim=1)
+    return masks
 
 
 @register
@@ -239,16 +321,24 @@ class GCNet(PruningMethod):
             ghosts, seconds = connectivity.ghosts, connectivity.seconds
         block = {g.child: weights[f"{g.child}.weight"][0, 0].numel() * g.features_per_channel
                  if weights[f"{g.child}.weight"].dim() == 4 else g.features_per_channel for g in guided}
+        readers: dict[str, list[str]] = {}
+        for pair in graph.pairs:
+            readers.setdefault(pair.parent, []).append(pair.child)
         return _GhostState(weights=weights, order=order, split=split, guided=guided if ghosts else [],
-                           ghosts=ghosts, block=block, seconds=seconds)
+                           ghosts=ghosts, block=block, seconds=seconds, readers=readers)
 
     def _select(self, state: _GhostState, sparsity: float, forced: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
         """Masks at ``sparsity`` with the ``forced`` entries pruned and counted (docs/methods/gcnet.md §3 steps
         6–9): ghost masks mapped to the ghost layers' kernel slices, magnitude on the direct layers, the direct
-        layers absorbing the difference (``match_total``). Returns the masks, each layer's mode and that difference."""
+        layers absorbing the difference (``match_total``); with ``path_aware`` the ghost layers then choose, with
+        the same counts, entries on input-to-output paths through the direct layers' kept units. Returns the masks,
+        each layer's mode and that difference."""
         p, weights = self.params, state.weights
-        masks, modes = self._ghost_masks(state, sparsity, forced)
+        ghosts = self._ghosts(state, forced)
+        ghost_masks = self._ghost_masks(state, ghosts, sparsity)
+        masks = self._mapped(state, ghost_masks, forced)
+        modes = {key: "gcnet" for key in masks}
         direct = [key for key in state.order if key not in masks]
         modes.update({key: "magnitude" for key in direct})
         pruned = {key: round(sparsity * weights[key].numel()) for key in direct}
@@ -266,32 +356,47 @@ class GCNet(PruningMethod):
         for key in direct:
             n = weights[key].numel()
             masks[key] = importance.keep_mask(scores[key].reshape(-1), n - pruned[key]).view(weights[key].shape)
+        if p.path_aware and ghost_masks:
+            counts = {name: int((m & torch.isfinite(ghosts[name])).sum()) for name, m in ghost_masks.items()}
+            live = {key.removesuffix(".weight"): masks[key].reshape(masks[key].shape[0], -1).any(dim=1)
+                    for key in direct}
+            masks.update(self._mapped(state, _path_masks(state, ghosts, counts, live), forced))
         masks = {key: masks[key].to(weights[key].device) for key in weights if key in masks}
         for key in weights:  # modules outside the traced graph (never called) keep everything
             masks.setdefault(key, torch.ones_like(weights[key], dtype=torch.bool))
         return masks, modes, residual
 
-    def _ghost_masks(self, state: _GhostState, sparsity: float, forced: dict[str, torch.Tensor]
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The ghost layers' weight masks: each ghost magnitude-pruned (forced cells first), mapped back."""
-        if not state.ghosts:
-            return {}, {}
+    @staticmethod
+    def _ghosts(state: _GhostState, forced: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ghost matrices with the cells whose whole connection is forced at ``-inf`` (pruned first)."""
         ghosts = {}
         for g in state.guided:
             key = f"{g.child}.weight"
             cells = _cells_forced(forced.get(key), state.ghosts[g.child], state.weights[key], g.features_per_channel)
             ghosts[g.child] = state.ghosts[g.child].masked_fill(cells, float("-inf"))
+        return ghosts
+
+    def _ghost_masks(self, state: _GhostState, ghosts: dict[str, torch.Tensor], sparsity: float
+                     ) -> dict[str, torch.Tensor]:
+        """Ghost masks Γ: each ghost magnitude-pruned at ``sparsity`` (per layer or with one global threshold)."""
+        if not ghosts:
+            return {}
         if self.params.ghost_scope == "layer":
-            ghost_masks = {name: ghost_keep(ghost, sparsity) for name, ghost in ghosts.items()}
-        else:
-            ghost_masks = ghost_keep_global(ghosts, state.block, sparsity)
-        masks, modes = {}, {}
+            return {name: ghost_keep(ghost, sparsity) for name, ghost in ghosts.items()}
+        return ghost_keep_global(ghosts, state.block, sparsity)
+
+    @staticmethod
+    def _mapped(state: _GhostState, ghost_masks: dict[str, torch.Tensor], forced: dict[str, torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+        """The ghost layers' weight masks from their ghost masks, forced entries pruned."""
+        masks = {}
         for g in state.guided:
+            if g.child not in ghost_masks:
+                continue
             key = f"{g.child}.weight"
             mask = map_to_weights(ghost_masks[g.child], state.weights[key], g.features_per_channel)
             masks[key] = mask & ~forced[key].to(mask.device) if key in forced else mask
-            modes[key] = "gcnet"
-        return masks, modes
+        return masks
 
     def _info(self, state: _GhostState, masks: dict[str, torch.Tensor], modes: dict[str, str],
               residual: int) -> dict[str, object]:
