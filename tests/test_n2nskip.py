@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from connprune import checkpoint, methods, models, surgery
 from connprune.errors import UserError
 from connprune.experiments.jobs import PruneJob, prune_job
 from connprune.measure import heat, importance
+from connprune.measure.cost import count_macs
 from connprune.measure.sparsity import count_nonzero, prunable_weights
 from connprune.methods import PruneData
 from connprune.methods.n2nskip import keep_exactly, paper_recipe, plain_kept
@@ -42,7 +44,7 @@ def test_registered():
 
 
 @pytest.mark.parametrize("base, plain_name, plain_params", [("snip", "snip", {}),
-                                                            ("random", "random", {"scope": "layer"})])
+                                                            ("random", "random", {"scope": "layer"})])  # rp=element
 @pytest.mark.parametrize("build", [mlp, resnet])
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.98])
 def test_total_nonzero_equals_the_plain_pruned_network(digits_train, base, plain_name, plain_params, build,
@@ -51,7 +53,7 @@ def test_total_nonzero_equals_the_plain_pruned_network(digits_train, base, plain
     slice per skip tensor."""
     plain = methods.create(plain_name, **plain_params).prune(build(), sparsity, PruneData(train=digits_train))
     model = build()
-    result = methods.create("n2nskip", base=base).prune(model, sparsity, PruneData(train=digits_train))
+    result = methods.create("n2nskip", base=base, rp="element").prune(model, sparsity, PruneData(train=digits_train))
     model, masks = surgery.apply(model, result, shrink=True, example_inputs=DIGITS)
     sequential = count_nonzero(model, masks)
     skip_nonzero = total_kept(skips.skip_masks(model, masks))
@@ -62,6 +64,62 @@ def test_total_nonzero_equals_the_plain_pruned_network(digits_train, base, plain
     slack = sum(9 if len(m.shape) == 4 else 1 for m in skips.skip_masks(model, masks).values())
     assert abs(skip_nonzero - sequential) <= 2 * slack
     assert len(prunable_weights(model)) == len(plain.masks)  # no physical shrinking with skips
+
+
+def fan_ins(mask: torch.Tensor) -> torch.Tensor:
+    """Kept input units of every output unit (a unit's kernel slice counted once)."""
+    return mask.reshape(*mask.shape[:2], -1).any(dim=2).sum(dim=1)
+
+
+@pytest.mark.parametrize("skip_fraction", [0.0, 0.5])
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.95])
+def test_channel_rp_has_constant_fan_in_and_dense_ends(skip_fraction, sparsity):
+    """§7.4 (the paper's RP, spec §3.3): first conv and classifier dense; every other layer keeps the same number of
+    input channels for each output channel, ⌊ρ·in⌋ or one more, ρ = (budget − dense weights) / pruned weights; the
+    masks are constant over kernel positions; the total is the plain budget less than one step (out·f²) short —
+    unless a layer's floor of one input channel overshoots it (resnet20 on 8×8 at 95 %: its 16-channel layers)."""
+    model = resnet()
+    weights = prunable_weights(model)
+    result = methods.create("n2nskip", base="random", skip_fraction=skip_fraction).prune(
+        model, sparsity, PruneData(example_inputs=DIGITS))
+    dense = {"conv1.weight", "fc.weight"}
+    assert all(bool(result.masks[name].all()) for name in dense)
+    budget = plain_kept(weights, sparsity, "layer")
+    sequential = budget - result.info["nonzero_skip"]
+    pruned = {name: w for name, w in weights.items() if name not in dense}
+    rho = (sequential - sum(weights[name].numel() for name in dense)) / sum(w.numel() for w in pruned.values())
+    steps, floored = [], 0
+    for name, w in pruned.items():
+        mask = result.masks[name]
+        per_pair = mask.flatten(2)
+        assert torch.equal(per_pair.min(dim=2).values, per_pair.max(dim=2).values)
+        fan_in, lowest = fan_ins(mask), math.floor(rho * w.shape[1])
+        assert int(fan_in.min()) == int(fan_in.max()) in ({lowest, lowest + 1} if lowest else {1})
+        steps.append(w.numel() // w.shape[1])
+        floored += (1 - rho * w.shape[1]) * steps[-1] if not lowest else 0
+    kept = total_kept(result.masks)
+    assert kept == result.info["nonzero_sequential"]
+    assert sequential - max(steps) < kept <= sequential + floored
+    assert (floored > 0) == (sparsity == 0.95)
+    assert result.info["nonzero_weights"] == kept + result.info["nonzero_skip"]
+
+
+@pytest.mark.parametrize("base", ["random", "snip"])
+def test_n2nskip_costs_about_the_plain_pruned_networks_macs(digits_train, base):
+    """At 5 % density the skips (one per block, run compactly in eval mode) add little to the MACs the plain pruned
+    network reports (issue 22's bound: 1.2×); the skip branches alone cost their non-zeros × positions or more."""
+    build = lambda: models.create("vgg11", in_channels=1, input_size=8)  # noqa: E731
+    model = build()
+    plain_macs = count_macs(model, DIGITS)
+    result = methods.create("n2nskip", base=base).prune(model, 0.95, PruneData(train=digits_train))
+    model, _ = surgery.apply(model, result, shrink=False, example_inputs=DIGITS)
+    assert [s["target"] for s in result.info["skips"]] == ["features.8", "features.18"]  # chain: one per block
+    assert plain_macs < count_macs(model, DIGITS) <= 1.2 * plain_macs
+
+
+def test_channel_rp_refuses_a_budget_below_its_dense_layers():
+    with pytest.raises(UserError, match="rp=element"):
+        methods.create("n2nskip", base="random").prune(resnet(), 0.999, PruneData(example_inputs=DIGITS))
 
 
 def test_skip_fraction_zero_is_the_plain_pruned_network(digits_train):
@@ -108,13 +166,13 @@ def test_keep_exactly_per_layer_and_global():
 
 def test_resskip_adds_no_weights(digits_train):
     model = resnet()
-    result = methods.create("resskip", base="random").prune(model, 0.9, PruneData(train=digits_train))
+    result = methods.create("resskip", base="random", rp="element").prune(model, 0.9, PruneData(train=digits_train))
     plain = methods.create("random", scope="layer").prune(resnet(), 0.9, PruneData())
     assert all(torch.equal(plain.masks[k], result.masks[k]) for k in plain.masks)
     model, masks = surgery.apply(model, result, shrink=True, example_inputs=DIGITS)
     assert set(masks) == set(plain.masks) and len(result.skips) == 9
     with pytest.raises(UserError, match="parameter-free"):
-        methods.create("resskip", base="random").prune(mlp(), 0.9, PruneData(train=digits_train))
+        methods.create("resskip", base="random", rp="element").prune(mlp(), 0.9, PruneData(train=digits_train))
 
 
 def test_bad_parameters():
@@ -142,8 +200,9 @@ def test_prune_job_trains_saves_and_reloads(tmp_path):
     tiny MLP the one skip joins pixels to classes, already connected, while halving the sequential weights leaves
     more hidden units isolated, so N2NSkip's F is *not* lower here; see benchmarks/reproduce_n2nskip.py for VGG.)"""
     shared = dict(method="n2nskip", sparsity=0.95, model="mlp", data="digits", epochs=1, progress=False, seed=0)
-    metrics = prune_job(PruneJob(out=tmp_path / "n2n", params={"base": "random"}, **shared))
-    plain = prune_job(PruneJob(out=tmp_path / "rp", params={"base": "random", "skip_fraction": 0.0}, shrink=False,
+    metrics = prune_job(PruneJob(out=tmp_path / "n2n", params={"base": "random", "rp": "element"}, **shared))
+    plain = prune_job(PruneJob(out=tmp_path / "rp", params={"base": "random", "rp": "element", "skip_fraction": 0.0},
+                               shrink=False,
                                **shared))
     assert metrics["nonzero_weights"] == plain["nonzero_weights"] == plain_kept(
         prunable_weights(models.create("mlp", in_channels=1, input_size=8)), 0.95, "layer")

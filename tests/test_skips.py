@@ -13,6 +13,7 @@ from torch import nn
 from connprune import checkpoint, models
 from connprune.errors import UserError
 from connprune.measure import heat
+from connprune.measure.cost import count_macs
 from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.surgery import MaskEnforcer, edits, skips
 from connprune.train import Trainer
@@ -50,7 +51,7 @@ def test_chain_plan_for_vgg_spans_three_layers_and_pools_to_the_target():
     assert first.output_size == (8, 8) and first.stride == 1 and first.kernel_area == 9
     every = skips.plan(model, (3, 32, 32), placement="every")
     assert len(every) == 6 and every[1].source == "features.4"
-    assert skips.plan(model, (3, 32, 32)) == every  # auto: every layer starts a skip in a plain network
+    assert skips.plan(model, (3, 32, 32)) == sites  # auto: one skip per block in a plain network
     assert {s.span for s in sites + every} == {3}
 
 
@@ -59,12 +60,24 @@ def test_auto_placement_shortens_the_span_only_where_nothing_fits():
     sites = skips.plan(lenet, DIGITS)  # conv1 conv2 fc1 fc2 fc3: only fc1 → fc3 joins two layers of one kind
     assert [(s.source, s.target, s.span) for s in sites] == [("fc1", "fc3", 3)]
     assert sites[0].in_units == lenet.fc1.in_features and sites[0].spec("0", "n2n")["span"] == 3
+    assert skips.plan(lenet, DIGITS, placement="chain") == sites  # the chain moves on past conv2 → fc2
     shortened = skips.plan(lenet, DIGITS, span=4)  # no span-4 site of one kind: auto falls back to span 3
     assert [(s.source, s.target, s.span) for s in shortened] == [("fc1", "fc3", 3)]
     with pytest.raises(UserError, match="no skip fits"):
         skips.plan(lenet, DIGITS, span=4, placement="every")
     with pytest.raises(UserError, match="no skip fits"):
-        skips.plan(lenet, DIGITS, placement="chain")
+        skips.plan(lenet, DIGITS, span=4, placement="chain")
+
+
+def test_chain_walk_places_non_overlapping_blocks():
+    """Chain: blocks of k layers that never overlap, starting from the first layer; every: one per start layer."""
+    model = mlp()  # features.0 .2 .4 .6, classifier: 5 linear layers
+    for span in (2, 3, 4):
+        chain = skips.plan(model, DIGITS, span=span, placement="chain")
+        layers = ["features.0", "features.2", "features.4", "features.6", "classifier"]
+        expected = [(layers[i], layers[i + span - 1]) for i in range(0, len(layers) - span + 1, span)]
+        assert [(s.source, s.target) for s in chain] == expected
+        assert len(skips.plan(model, DIGITS, span=span, placement="every")) == len(layers) - span + 1
 
 
 def test_block_plan_for_resnets_uses_strides():
@@ -196,6 +209,47 @@ def test_masked_skip_weights_stay_zero_during_training(digits_train):
     for name, param in model.named_parameters():
         if name in masks:
             assert torch.all(param[~masks[name]] == 0)
+
+
+@pytest.mark.parametrize("build, placement", [(lambda: models.create("vgg11", in_channels=1, input_size=8), "chain"),
+                                              (resnet, "blocks"), (mlp, "every")])
+@pytest.mark.parametrize("per_target", [1, 3])
+def test_eval_mode_skips_cost_their_nonzeros_times_positions(build, placement, per_target):
+    """A sparse branch runs compactly in eval mode: the counted MACs of the skips are exactly their non-zero weights
+    × output positions (brute force: the dense conv's output size, the weight's non-zeros) at constant fan-in, at
+    most one kernel slice per target unit and position more otherwise; the output is the dense masked branch's."""
+    plain, model = build(), build()
+    masks: dict[str, torch.Tensor] = {}
+    for i, site in enumerate(skips.plan(model, DIGITS, placement=placement)):
+        connections = min(site.pairs, per_target * site.out_units + i % 2)  # odd sites: one target with one more
+        masks = edits.perform(model, {"op": "skip", **site.spec(str(i), "n2n", connections, i, layout="fan-in")},
+                              masks)
+    inputs, modules = {}, dict(model.named_modules())
+    found = skips.branches(model)
+    specs = {str(s["name"]): s for s in edits.recorded(model) if s.get("op") == "skip"}
+    handles = [modules[specs[name]["source"]].register_forward_pre_hook(
+        lambda m, inp, key=name: inputs.__setitem__(key, inp[0])) for name in found]
+    x = torch.randn(1, *DIGITS)
+    model.eval()(x)
+    for handle in handles:
+        handle.remove()
+    exact, slack = 0, 0
+    for name, branch in found.items():
+        positions = branch.conv(inputs[name])[0, 0].numel()  # the dense conv's output positions
+        weight = branch.conv.weight
+        exact += int(torch.count_nonzero(weight)) * positions
+        if int(specs[name]["connections"]) % weight.shape[0]:
+            slack += weight[0].numel() // weight.shape[1] * weight.shape[0] * positions  # f² · out · positions
+    skip_macs = count_macs(model, DIGITS) - count_macs(plain, DIGITS)
+    assert exact <= skip_macs <= exact + slack
+    if not slack:
+        assert skip_macs == exact
+    batch = torch.randn(4, *DIGITS)
+    compact = model(batch)
+    for branch in found.values():
+        branch.sources = None  # the dense masked computation
+    torch.testing.assert_close(model(batch), compact, rtol=1e-5, atol=1e-5)
+    assert count_macs(model, DIGITS) > skip_macs + count_macs(plain, DIGITS)
 
 
 def test_residual_skips_pad_channels_and_have_no_weights():

@@ -17,8 +17,12 @@ Budget arithmetic (docs/methods/n2nskip.md §3 steps 3–5; exact, not ± roundi
    (capped at 1; reconstructed default, the paper does not say), rounded to whole unit pairs ``(j, i)``, each
    carrying its ``f×f`` kernel slice: ``S = Σ pairs·f²``. Within a tensor the pairs are spread with the same fan-in
    per target unit (``layout=fan-in``, the code release) or uniformly (``layout=uniform``).
-3. Sequential weights: exactly ``T − S`` kept, by SNIP saliency (global top, as SNIP) or at random (per layer with
-   largest-remainder quotas, or global); so ``nnz_seq + nnz_skip == T`` exactly.
+3. Sequential weights: ``T − S`` kept, by SNIP saliency (global top, as SNIP: exactly), or at random: by default
+   channel-level with constant fan-in and the first conv and classifier dense (``rp=channel``, the paper's RP,
+   :func:`constant_fan_in`; up to ``T − S`` in steps of one input unit per output row, the method's budget unit),
+   or element-wise (``rp=element``: exactly, per layer with largest-remainder quotas, or global).
+   So ``nnz_seq + nnz_skip == T`` exactly; with ``rp=channel`` short of ``T`` by less than one step of a layer
+   (more only where a layer's floor of one input unit per row overshoots the budget).
 
 Biases and BatchNorm parameters are not counted (reconstructed). ``sparsity`` in ``metrics.json`` counts the
 sequential weights only (skips are not prunable weights); ``info`` reports ``nonzero_weights`` including skips.
@@ -42,6 +46,7 @@ from pydantic import Field
 from torch import nn
 
 from connprune.errors import UserError
+from connprune.graph import build
 from connprune.measure import importance
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
@@ -73,13 +78,18 @@ def paper_recipe(epochs: int = 300, **overrides: Any) -> TrainConfig:
 class SkipParams(MethodParams):
     base: Literal["random", "snip"] = "snip"
     """Preliminary pruning at initialisation: ``random`` (the paper's RP) or ``snip`` (CSP)."""
+    rp: Literal["channel", "element"] = "channel"
+    """Random pruning's granularity (``base=random``): ``channel`` (the paper's RP, §3.3 of docs/methods/n2nskip.md:
+    every output unit of a layer keeps the same number of randomly chosen input units, whole kernel slices; first
+    conv and classifier dense) or ``element`` (uniform random weights, per ``scope``)."""
     scope: Literal["auto", "global", "layer"] = "auto"
-    """Random pruning per layer or globally (``auto``: per layer for random, global for SNIP, which is global)."""
+    """Element-wise random pruning per layer or globally (``auto``: per layer for random, global for SNIP)."""
     span: int = Field(3, ge=2)
     """k: weight layers a chain skip spans (the paper's Fig. 2: 3)."""
     placement: skip_surgery.Placement = "auto"
-    """Skip sites: ``every`` (one per layer, overlapping), ``chain`` (one per k-layer block, the code release's VGG
-    layout), ``blocks`` (residual blocks), ``auto`` (``blocks`` for residual networks, else ``every``)."""
+    """Skip sites: ``chain`` (one per k-layer block, the code release's VGG layout), ``blocks`` (one per residual
+    block), ``every`` (one starting at every layer, overlapping), ``auto`` (``blocks`` for residual networks, else
+    ``chain``: one skip per block)."""
     batch_size: int = Field(128, ge=1)
     """SNIP's mini-batch."""
 
@@ -100,6 +110,48 @@ def plain_kept(weights: dict[str, torch.Tensor], sparsity: float, scope: str) ->
         return sum(w.numel() - round(sparsity * w.numel()) for w in weights.values())
     total = sum(w.numel() for w in weights.values())
     return total - round(sparsity * total)
+
+
+def constant_fan_in(weights: dict[str, torch.Tensor], keep: int, dense: set[str], seed: int) \
+        -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The paper's channel-level random pruning (docs/methods/n2nskip.md §3 step 3; the code release, after Deep
+    Expander Networks): the layers in ``dense`` (the method passes the classifier and a first conv layer; an MLP's
+    first layer, usually its largest, is pruned: reconstructed) stay dense; every other layer keeps, for
+    each output unit, the same number ``F_l`` of randomly chosen input units with their whole kernel slices
+    (constant fan-in), so its mask is constant over kernel positions.
+
+    ``F_l`` spreads the ``keep − Σ dense`` weights left over the pruned layers at one density ``ρ``: ``⌊ρ·in_l⌋``
+    (at least 1, so no layer is cut), then one more, by largest remainder, in layers whose step ``out_l·f_l²`` still
+    fits: the kept count is at most ``keep`` and misses it by less than the largest step unless the floor of 1
+    forces more. Slices that an earlier pruning zeroed entirely are chosen last (a slice it thinned counts whole,
+    so after an element-wise earlier pruning of a conv the kept count falls short). Returns masks and ``F_l``."""
+    pruned = {name: w for name, w in weights.items() if name not in dense}
+    left = keep - sum(int(torch.count_nonzero(weights[name])) for name in dense)  # an earlier pruning's zeros stay
+    if left < 0 or not pruned:
+        raise UserError(f"rp=channel keeps the first conv and the classifier dense ({keep - left} weights), more "
+                        f"than the budget of {keep} weights; use rp=element or a lower sparsity")
+    density = left / sum(w.numel() for w in pruned.values())
+    ideal = {name: density * w.shape[1] for name, w in pruned.items()}
+    fan_in = {name: min(w.shape[1], max(1, math.floor(ideal[name]))) for name, w in pruned.items()}
+    step = {name: w.numel() // w.shape[1] for name, w in pruned.items()}  # out · f²: one more input unit per row
+    left -= sum(fan_in[name] * step[name] for name in pruned)
+    for name in sorted(pruned, key=lambda n: ideal[n] - math.floor(ideal[n]), reverse=True):
+        if step[name] <= left and fan_in[name] == math.floor(ideal[name]) < pruned[name].shape[1]:
+            fan_in[name] += 1
+            left -= step[name]
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, w in weights.items():
+        if name in dense:
+            masks[name] = torch.ones(w.shape, dtype=torch.bool)
+            continue
+        scores = torch.rand(w.shape[:2], generator=generator)
+        alive = w.detach().reshape(*w.shape[:2], -1).ne(0).any(dim=2).cpu()
+        scores = torch.where(alive, scores, scores - 1)
+        ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)
+        kept = ranks < fan_in[name]
+        masks[name] = kept.view(*w.shape[:2], *([1] * (w.dim() - 2))).expand(w.shape).clone()
+    return masks, fan_in
 
 
 def keep_exactly(scores: dict[str, torch.Tensor], count: int, scope: str) -> dict[str, torch.Tensor]:
@@ -137,16 +189,25 @@ class _SkipMethod(PruningMethod):
             return "global"
         return "layer" if self.params.scope == "auto" else self.params.scope
 
-    def _base_masks(self, model: nn.Module, keep: int, data: PruneData) -> dict[str, torch.Tensor]:
-        """Exactly ``keep`` sequential weights kept by the base method (RP or CSP) at initialisation."""
+    def _base_masks(self, model: nn.Module, keep: int, data: PruneData) -> tuple[dict[str, torch.Tensor], int]:
+        """Sequential masks of the base method (RP or CSP) at initialisation keeping ``keep`` weights — exactly,
+        except channel-level RP, which keeps up to ``keep`` in steps of one input unit per row — and that step
+        (the budget unit, weights)."""
         weights = prunable_weights(model)
         total = sum(w.numel() for w in weights.values())
         if self.params.base == "snip":
             snip = Snip(seed=self.params.seed, batch_size=self.params.batch_size)
-            return snip.prune(model, (total - keep) / total, data).masks
+            return snip.prune(model, (total - keep) / total, data).masks, 1
+        if self.params.rp == "channel":
+            graph = build(model, data.example_inputs)
+            first = next(iter(graph.layers))
+            dense = {f"{layer}.weight" for layer in graph.output_layers}  # the classifier, and a first conv
+            dense |= {f"{first}.weight"} if isinstance(model.get_submodule(first), nn.Conv2d) else set()
+            masks, _ = constant_fan_in(weights, keep, dense, self.params.seed)
+            return masks, max(w.numel() // w.shape[1] for name, w in weights.items() if name not in dense)
         earlier = {name: w == 0 for name, w in weights.items()}  # an earlier pruning's zeros go first
         scores = excluded_scores(importance.random_scores(weights, self.params.seed), earlier)
-        return keep_exactly(scores, keep, self._scope())
+        return keep_exactly(scores, keep, self._scope()), 1
 
     def _sites(self, model: nn.Module, data: PruneData, kernel_size: int | None) -> list[skip_surgery.SkipSite]:
         return skip_surgery.plan(model, data.example_inputs, span=self.params.span, placement=self.params.placement,
@@ -175,7 +236,7 @@ class N2NSkip(_SkipMethod):
         density = min(1.0, wanted / capacity) if capacity else 0.0
         pairs = [min(site.pairs, round(density * site.pairs)) for site in sites]
         skip_nonzero = sum(p * site.kernel_area for p, site in zip(pairs, sites))
-        masks = self._base_masks(model, budget - skip_nonzero, data)
+        masks, unit = self._base_masks(model, budget - skip_nonzero, data)
         sequential = sum(int(m.sum()) for m in masks.values())
         specs = [site.spec(str(i), "n2n", connections=p, seed=self.params.seed * 1000 + i, layout=self.params.layout)
                  for i, (site, p) in enumerate(zip(sites, pairs)) if p > 0]
@@ -183,7 +244,8 @@ class N2NSkip(_SkipMethod):
             "nonzero_weights": sequential + skip_nonzero, "nonzero_sequential": sequential,
             "nonzero_skip": skip_nonzero, "plain_nonzero_weights": budget, "reference_weights": reference,
             "total_density": (sequential + skip_nonzero) / reference, "skip_density": density,
-            "skip_capacity": capacity, "skip_budget_capped": wanted > capacity, "budget_unit": len(weights),
+            "skip_capacity": capacity, "skip_budget_capped": wanted > capacity,
+            "budget_unit": max(unit, len(weights)),
             "skips": [{"source": s["source"], "target": s["target"], "span": s["span"],
                        "connections": s["connections"]} for s in specs],
         }
@@ -204,10 +266,10 @@ class ResSkip(_SkipMethod):
         if not usable:
             raise UserError("resskip: every skip site maps more units onto fewer (e.g. a narrowing MLP), which a "
                             "parameter-free skip cannot do; use n2nskip or another placement")
-        masks = self._base_masks(model, budget, data)
+        masks, unit = self._base_masks(model, budget, data)
         specs = [site.spec(str(i), "res") for i, site in enumerate(usable)]
         info = {"nonzero_weights": sum(int(m.sum()) for m in masks.values()), "plain_nonzero_weights": budget,
-                "budget_unit": len(weights),
+                "budget_unit": max(unit, len(weights)),
                 "skips": [{"source": s["source"], "target": s["target"], "span": s["span"]} for s in specs],
                 "sites_left_out": [f"{s.source}->{s.target}" for s in sites if s not in usable]}
         return PruningResult(masks=masks, skips=specs, info=info)

@@ -31,20 +31,15 @@ modules, so ``copy.deepcopy`` of the model keeps them pointing at the copied bra
 
 Placement (:func:`plan`; reconstructed where the paper is silent, see docs/methods/n2nskip.md §3 step 2):
 
-- ``every`` (the default when the graph has no residual adds: plain conv nets and MLPs): one skip starting at every
-  weight layer (overlapping spans of ``span`` = k, default 3, weight layers), so every layer's units can receive
-  and send skips. ``chain``: the layers in forward order are cut into consecutive blocks of k weight layers and each
-  block gets one skip from its first layer's input to its last layer's pre-activation (Fig. 2: a skip across three
-  conv layers; the code release's one skip per VGG block). Sites whose source and target are not both convs or
-  both linear layers are left out. With ``auto`` only, a network too short for any span-k site (LeNet-5's conv →
-  linear boundary) gets the longest shorter span that places one; the span used is in every site (and spec).
-  Why ``every`` by default (reconstructed: the paper does not list its sites): with SNIP at half the budget,
-  ``chain`` skips miss the units that the sequential pruning cut off, and the heat distance F to the dense reference
-  comes out *higher* than plain SNIP's (VGG-19 at 5 % density: 1.2e-2 vs 7.7e-3 at t_sat, 75 units without any
-  edge), while ``every`` reaches every layer (8.3e-5, none cut off); ``benchmarks/results/reproduce_n2nskip.md``.
-  It costs more dense-stored skip convs: VGG-19 MACs 398 M → 949 M (``chain``: 600 M). Accuracy does not settle
-  the choice on this machine: after 4 CPU epochs at 5 % density (2 seeds, partial CIFAR-10) both beat plain SNIP
-  (every 36.4 / 47.9 %, chain 45.5 / 48.2 %, SNIP 32.2 / 37.1 %), and ``chain`` learns faster in the first epoch.
+- ``chain`` (the default when the graph has no residual adds: plain conv nets and MLPs; one skip per block, the
+  paper's Fig. 2 — a skip across three conv layers — and the code release's one skip per VGG block): walking the
+  weight layers in forward order, a skip is placed from a layer's input to the pre-activation of the layer k − 1
+  further on (``span`` = k, default 3) where both are convs or both linear layers, and the next block starts after
+  it; where none fits (a conv → linear boundary) the walk moves on one layer. With ``auto`` only, a network too
+  short for any span-k site gets the longest shorter span that places one; the span used is in every site (and
+  spec). ``every``: one skip starting at every weight layer (overlapping spans), an option: on VGG-19 with SNIP at
+  5 % density it reaches every layer (F 8.3e-5 at t_sat vs chain's 1.2e-2, plain SNIP's 7.7e-3;
+  ``benchmarks/results/reproduce_n2nskip.md``) but holds about 3× as many skip tensors.
 - ``blocks`` (the default for residual networks): one skip per residual block, from the block input (the input of
   its ``conv1``) to its last conv (``conv2`` of a basic block, ``conv3`` of a bottleneck), summed with the identity
   shortcut before the block's final ReLU; the spatial reduction is done by the branch conv's stride.
@@ -197,22 +192,22 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, span: int = 3, placeme
     residual = any(pair.residual for pair in graph.pairs)
     shorter_allowed = placement == "auto"
     if placement == "auto":
-        placement = "blocks" if residual else "every"
+        placement = "blocks" if residual else "chain"
     sites: list[SkipSite] = []
     if placement in ("chain", "every"):
         if residual:
             raise UserError("placement='chain'/'every' needs a plain chain of layers; this model has residual adds "
                             "— use placement=blocks")
         spans = range(span, 1, -1) if shorter_allowed else (span,)
-        for length in spans:  # auto: the longest span ≤ ``span`` that places at least one skip (e.g. LeNet-5: 2)
-            starts = range(0, len(layers), length) if placement == "chain" else range(len(layers))
-            for start in starts:
-                end = start + length - 1
-                if end < len(layers):
-                    site = _site(model, layers[start], layers[end], order, in_shapes, out_shapes,
-                                 graph.output_layers, kernel_size, use_stride=False, span=length)
-                    if site is not None:
-                        sites.append(site)
+        for length in spans:  # auto: the longest span ≤ ``span`` that places at least one skip
+            start = 0
+            while start + length <= len(layers):
+                site = _site(model, layers[start], layers[start + length - 1], order, in_shapes, out_shapes,
+                             graph.output_layers, kernel_size, use_stride=False, span=length)
+                if site is not None:
+                    sites.append(site)
+                # chain: the next block starts after this one (or at the next layer where none fits here)
+                start += length if site is not None and placement == "chain" else 1
             if sites:
                 break
     elif placement == "blocks":
@@ -275,7 +270,17 @@ class SkipBranch(nn.Module):
 
 
 class SparseSkip(SkipBranch):
-    """N2NSkip branch ``g(bn(conv_s(a^l)))`` (Eq. 2), max-pooled to the target's size where a chain crosses pools."""
+    """N2NSkip branch ``g(bn(conv_s(a^l)))`` (Eq. 2), max-pooled to the target's size where a chain crosses pools.
+
+    Its weight is stored dense (``conv.weight``, masked) and trained as a dense masked conv. In eval mode the branch
+    runs compactly, so that its cost follows its non-zeros: each target unit ``j`` reads only its kept source units
+    (``sources[j]``, padded to the largest fan-in ``F``), gathered from ``a^l`` and convolved as a grouped conv with
+    one group per target unit. :func:`connprune.measure.cost.count_macs` (eval mode) therefore counts
+    ``out_units · F · f² · positions`` multiply-adds for the branch: exactly its non-zero weights × output positions
+    when every target unit has the same fan-in (``layout=fan-in`` with ``connections`` a multiple of ``out_units``),
+    at most ``out_units · f² · positions`` more otherwise (fan-in ``layout``), and the dense count when a branch
+    keeps every pair. The compact and the dense computation give the same output (weights outside the mask are kept
+    at zero by :class:`connprune.surgery.MaskEnforcer`)."""
 
     def __init__(self, site_spec: Mapping[str, Any]) -> None:
         super().__init__()
@@ -291,9 +296,38 @@ class SparseSkip(SkipBranch):
             self.conv = nn.Linear(in_units, out_units, bias=False)
             self.bn = nn.BatchNorm1d(out_units)
         self.relu = nn.ReLU(inplace=False)
+        self.sources: torch.Tensor | None = None
+        """``[out, F]`` kept source units per target unit (padded); plain tensors, not buffers: derived from the
+        spec's mask, never saved, moved to the input's device when used."""
+        self.valid: torch.Tensor | None = None
+
+    def use_connections(self, mask: torch.Tensor) -> None:
+        """Record the kept source units of every target unit from the connection ``mask`` (``[out, in(, f, f)]``),
+        for the compact eval-mode computation (none when some target keeps every source, or none is kept)."""
+        pairs = mask.reshape(*mask.shape[:2], -1)[..., 0]
+        fan = int(pairs.sum(dim=1).max())
+        if not 0 < fan < pairs.shape[1]:
+            self.sources = self.valid = None
+            return
+        order = pairs.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :fan]  # kept sources first
+        self.valid = torch.gather(pairs, 1, order)
+        self.sources = torch.where(self.valid, order, torch.zeros_like(order))
+
+    def _compact(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv_s(x)`` as a gather of each target's sources and a grouped conv (one group per target unit)."""
+        if self.sources.device != x.device:
+            self.sources, self.valid = self.sources.to(x.device), self.valid.to(x.device)
+        out_units, fan = self.sources.shape
+        weight = self.conv.weight[torch.arange(out_units, device=x.device)[:, None], self.sources]
+        weight = weight * self.valid.view(out_units, fan, *([1] * (weight.dim() - 2))).to(weight.dtype)
+        gathered = x.index_select(1, self.sources.flatten())
+        if isinstance(self.conv, nn.Conv2d):
+            return F.conv2d(gathered, weight, stride=self.conv.stride, padding=self.conv.padding, groups=out_units)
+        return F.conv1d(gathered.unsqueeze(-1), weight.unsqueeze(-1), groups=out_units).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn(self.conv(x)))
+        compact = not self.training and self.sources is not None
+        out = self.relu(self.bn(self._compact(x) if compact else self.conv(x)))
         if self.output_size is not None and tuple(out.shape[-2:]) != self.output_size:
             out = F.adaptive_max_pool2d(out, self.output_size)
         return out
@@ -335,16 +369,17 @@ def connection_mask(site_spec: Mapping[str, Any], weight_shape: Sequence[int]) -
                         f"{out_units * in_units}] (out_units × in_units)")
     if layout not in LAYOUTS:
         raise UserError(f"skip {site_spec.get('name')!r}: unknown layout {layout!r}; choose {' or '.join(LAYOUTS)}")
-    generator = torch.Generator().manual_seed(int(site_spec.get("seed", 0)))
+    cpu = torch.device("cpu")  # on the CPU even where a checkpoint is built under torch.device("meta")
+    generator = torch.Generator(cpu).manual_seed(int(site_spec.get("seed", 0)))
     if layout == "uniform":
-        chosen = torch.randperm(out_units * in_units, generator=generator)[:connections]
-        pairs = torch.zeros(out_units * in_units, dtype=torch.bool)
+        chosen = torch.randperm(out_units * in_units, generator=generator, device=cpu)[:connections]
+        pairs = torch.zeros(out_units * in_units, dtype=torch.bool, device=cpu)
         pairs[chosen] = True
         pairs = pairs.view(out_units, in_units)
     else:
-        fan_in = torch.full((out_units,), connections // out_units)
-        fan_in[torch.randperm(out_units, generator=generator)[:connections % out_units]] += 1
-        ranks = torch.rand(out_units, in_units, generator=generator).argsort(dim=1).argsort(dim=1)
+        fan_in = torch.full((out_units,), connections // out_units, device=cpu)
+        fan_in[torch.randperm(out_units, generator=generator, device=cpu)[:connections % out_units]] += 1
+        ranks = torch.rand(out_units, in_units, generator=generator, device=cpu).argsort(dim=1).argsort(dim=1)
         pairs = ranks < fan_in[:, None]
     return pairs.view(out_units, in_units, *([1] * (len(weight_shape) - 2))).expand(*weight_shape).clone()
 
@@ -388,7 +423,7 @@ def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.T
         raise UserError(f"unknown skip kind {kind!r}; choose n2n (sparse, Eq. 2) or res (dense, Eq. 1)")
     source_param = next(modules[spec["source"]].parameters())
     branch.to(device=source_param.device, dtype=source_param.dtype)
-    mask = connection_mask(spec, branch.conv.weight.shape).to(source_param.device) \
+    mask = connection_mask(spec, branch.conv.weight.shape) \
         if isinstance(branch, SparseSkip) else None  # validates ``connections`` before the model changes
     container[name] = branch
     modules[spec["source"]].register_forward_pre_hook(branch.remember)
@@ -400,8 +435,9 @@ def add_skip(model: nn.Module, spec: Mapping[str, Any], masks: dict[str, torch.T
     if mask is not None:
         key = f"{CONTAINER}.{name}.conv.weight"
         with torch.no_grad():
-            branch.conv.weight.mul_(mask.to(branch.conv.weight.dtype))
-        masks[key] = mask
+            branch.conv.weight.mul_(mask.to(branch.conv.weight.device, branch.conv.weight.dtype))
+        branch.use_connections(mask)
+        masks[key] = mask.to(source_param.device)
     return masks
 
 
