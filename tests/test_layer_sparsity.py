@@ -11,10 +11,11 @@ from torch import nn
 
 from connprune import checkpoint, methods, models, surgery
 from connprune.data import ImageData
+from connprune.data.pipeline import normalize
 from connprune.errors import UserError
 from connprune.experiments.jobs import prune_model
 from connprune.methods import PruneData
-from connprune.methods.layer_sparsity import layer_groups, merge_runs, penalisable_links
+from connprune.methods.layer_sparsity import Fold, layer_folds, layer_groups, merge_runs, penalisable_links
 from connprune.methods.regularisers import (PenaltyGroup, PenaltyHook, negative_part_norm, penalty_value, prox_l1,
                                             prox_negative_part, prox_row_groups, row_group_norm)
 from connprune.surgery import merge
@@ -77,18 +78,18 @@ def test_proximal_step_zeroes_the_group_exactly_iff_norm_at_most_threshold(thres
 
 def test_first_layer_only_when_declared_and_output_never(digits_train: ImageData) -> None:
     model = _mlp([8, 8, 8], digits_train.info)
-    links, skipped = penalisable_links(model, nonnegative_input=False)
+    links, skipped = penalisable_links(model, first_layer=False)
     assert [link.layer for link in links] == ["features.2", "features.4"]
     assert "features.0" in skipped and skipped["classifier"] == "output layer"
-    links, _ = penalisable_links(model, nonnegative_input=True)
+    links, _ = penalisable_links(model, first_layer=True)
     assert [link.layer for link in links] == ["features.0", "features.2", "features.4"]
 
 
 def test_conv_nets_penalise_only_mergeable_layers_and_say_why() -> None:
-    links, skipped = penalisable_links(models.create("lenet5"), nonnegative_input=False)
+    links, skipped = penalisable_links(models.create("lenet5"), first_layer=False)
     assert [link.layer for link in links] == ["fc1", "fc2"]
     assert "pooling" in skipped["conv1"] and skipped["fc3"] == "output layer"
-    links, skipped = penalisable_links(models.create("resnet20"), nonnegative_input=False)
+    links, skipped = penalisable_links(models.create("resnet20"), first_layer=False)
     assert links == [] and "residual" in skipped["conv1"] and "pads its input" in skipped["layer1.0.conv1"]
 
 
@@ -100,7 +101,7 @@ def test_lambda_zero_is_plain_training_and_lambda_positive_is_not(small_train: I
         hooks = []
         if lam is not None:
             links, _ = penalisable_links(model, False)
-            hooks = [PenaltyHook(layer_groups(model, links, lam, "none", True))]
+            hooks = [PenaltyHook(layer_groups(layer_folds(model, links), lam, "none", True))]
         Trainer(model, small_train, None, recipe, hooks=hooks, progress=False).fit()
         runs[label] = model.state_dict()
     assert all(torch.equal(runs["plain"][k], runs["zero"][k]) for k in runs["plain"])
@@ -113,6 +114,71 @@ def test_merge_runs_groups_consecutive_inactive_layers(digits_train: ImageData) 
     assert merge_runs(links, {"features.2", "features.4", "features.8"}) == [
         ["features.2", "features.4", "features.6"], ["features.8", "classifier"]]
     assert merge_runs(links, set()) == []
+
+
+def _linear(weight: list[list[float]], bias: list[float]) -> nn.Linear:
+    layer = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+        layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+def test_input_floor_fold_and_its_proximal_step_by_hand() -> None:
+    # W x + b = W (x - lo) + (b + W lo): the penalty sees b' = b + W lo, the bias for inputs shifted to >= 0
+    layer = _linear([[1.0, -2.0, 3.0], [-4.0, 5.0, 0.5]], [-1.0, 2.0])
+    lo = torch.tensor([-1.0, -0.5, 0.0])
+    fold = Fold(layer, floor=lo)
+    weight, bias = fold.folded()
+    torch.testing.assert_close(bias, torch.tensor([-1.0 + 0.0, 2.0 + 1.5]))  # rows: -1 + 1 + 0, 4 - 2.5 + 0
+    assert fold.value(True).item() == pytest.approx(math.sqrt(4 + 16 + 1))
+    fold.prox(math.sqrt(21) / 2, True)  # factor 1/2 on the folded negatives (-2, -4 and b'_0 = -1)
+    torch.testing.assert_close(layer.weight.detach(), torch.tensor([[1.0, -1.0, 3.0], [-2.0, 5.0, 0.5]]))
+    # b = b' - W_new lo: -0.5 - (-1 + 0.5) = 0 and 3.5 - (2 - 2.5) = 4
+    torch.testing.assert_close(layer.bias.detach(), torch.tensor([0.0, 4.0]))
+    assert not fold.inactive()
+    fold.prox(100.0, True)
+    assert fold.inactive() and bool((layer.weight >= 0).all())
+    x = lo + torch.randn(500, 3, generator=torch.Generator().manual_seed(0)).abs() * 3  # brute force: x >= lo
+    out = layer(x)
+    torch.testing.assert_close(torch.relu(out), out, atol=1e-6, rtol=0)
+
+
+def test_batchnorm_fold_penalises_the_folded_weights_by_hand() -> None:
+    conv = nn.Conv2d(2, 3, 1)
+    bn = nn.BatchNorm2d(3).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -2.0, 3.0, 1.0, -1.0, -1.0]).view(3, 2, 1, 1))
+        conv.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        bn.running_mean.copy_(torch.tensor([1.0, 0.0, -1.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]) - bn.eps)  # sqrt: 2, 1, 0.5
+        bn.weight.copy_(torch.tensor([2.0, -1.0, 1.0]))                  # g = 1, -1, 2
+        bn.bias.copy_(torch.tensor([0.0, 0.5, -7.0]))
+    fold = Fold(conv, bn)
+    weight, bias = fold.folded()
+    torch.testing.assert_close(weight.flatten(), torch.tensor([1.0, -2.0, -3.0, -1.0, -2.0, -2.0]))
+    torch.testing.assert_close(bias, torch.tensor([-0.5, 1.5, -1.0]))  # g (b - mu) + beta: 1(-0.5), -(-1)+.5, 2(3)-7
+    fold.prox(100.0, True)
+    assert fold.inactive()
+    torch.testing.assert_close(conv.weight.flatten(), torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0]))  # W'/g
+    x = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0)).abs()  # a ReLU output
+    assert float(bn(conv(x)).detach().min()) >= -1e-6  # the ReLU after the BN is the identity
+
+
+def test_bn_layers_take_part_and_merge_exactly(small_train: ImageData) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    links, skipped = penalisable_links(model, first_layer=False)
+    assert [link.layer for link in links] == ["2"] and "input may be negative" in skipped["0"]
+    method = methods.create("layer-sparsity", **{"lambda": 20.0}, refit_epochs=0)
+    result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE.model_copy(update={"epochs": 2})))
+    assert result.merge == [["2", "5"]]
+    assert result.info["merge_relative_error"] <= 1e-5
+    merged, _ = surgery.apply(model, result, example_inputs=small_train.info.input_shape)
+    assert isinstance(merged[2], nn.Conv2d) and merged[2].kernel_size == (3, 3) and isinstance(merged[3], nn.Identity)
+    x = torch.randn(32, 1, 8, 8)  # any input: the penalised layers read ReLU outputs
+    torch.testing.assert_close(merged.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ the method
@@ -144,7 +210,7 @@ def test_large_lambda_leaves_one_hidden_relu_layer_and_pipeline_round_trips(
     loaded = checkpoint.load(tmp_path / "ls")
     assert evaluate(loaded, digits_test)["accuracy"] == metrics["acc_after"]
     # idempotent: the merged network has no penalisable layer left, so nothing more merges
-    links, _ = penalisable_links(loaded, nonnegative_input=False)
+    links, _ = penalisable_links(loaded, first_layer=False)
     assert links == []
 
 
@@ -158,6 +224,24 @@ def test_all_layers_inactive_with_nonnegative_inputs_gives_an_affine_model(small
     assert result.info["depth_after"] == 1 and result.info["merge_relative_error"] <= 1e-5
     with pytest.raises(UserError, match="nonnegative_input"):
         method.prune(_mlp([16, 16], raw), "auto", PruneData(train=small_train, recipe=RECIPE))
+
+
+def test_input_scaling_penalises_the_first_layer_of_normalised_data_and_merges_exactly(
+        small_train: ImageData, digits_test: ImageData) -> None:
+    model = _mlp([16, 16], small_train.info)
+    method = methods.create("layer-sparsity", **{"lambda": 20.0}, input_scaling="nonneg", refit_epochs=0)
+    result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE))
+    black = normalize(torch.zeros(1, *small_train.info.input_shape, dtype=torch.uint8), small_train.info)
+    torch.testing.assert_close(method.floor, black.flatten())  # lo = the normalised value of pixel 0
+    assert result.merge == [["features.0", "features.2", "classifier"]] and result.info["depth_after"] == 1
+    merged, _ = surgery.apply(model, result, example_inputs=small_train.info.input_shape)
+    x = normalize(digits_test.images, digits_test.info)  # every real image, and the darkest and brightest ones
+    x = torch.cat([x, black, normalize(torch.full_like(black, 255, dtype=torch.uint8), small_train.info)])
+    reference = model.eval()(x).detach()
+    torch.testing.assert_close(merged.eval()(x).detach(), reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
+    with pytest.raises(UserError, match="input_scaling"):
+        methods.create("layer-sparsity", input_scaling="nonneg").prune(
+            models.create("lenet5"), "auto", PruneData(train=small_train, recipe=RECIPE))
 
 
 def test_refit_keeps_the_architecture_and_lowers_the_training_loss(small_train: ImageData) -> None:
@@ -183,14 +267,22 @@ def test_subgradient_solver_projects_small_groups_and_reports_the_loss_change(sm
     assert math.isfinite(result.info["projection_loss_change"])
 
 
-def test_lambda_path_is_warm_started_and_picks_the_shallowest_good_lambda(small_train: ImageData) -> None:
+def test_lambda_path_scores_each_lambda_by_its_refitted_merged_network(small_train: ImageData) -> None:
     model = _mlp([16, 16, 16], small_train.info)
-    method = methods.create("layer-sparsity", lambda_path=[20.0, 0.0], epochs_per_lambda=1, path_tolerance=1.0)
+    method = methods.create("layer-sparsity", lambda_path=[20.0, 0.0], epochs_per_lambda=1, refit_epochs=1,
+                            path_tolerance=1.0)
     result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE))
     path = result.info["lambda_path"]
     assert [p["lambda"] for p in path] == [0.0, 20.0]
     assert path[1]["active_layers"] == 0 and path[1]["chosen"] and result.info["lambda"] == 20.0
-    assert result.info["depth_after"] == 2
+    assert result.info["depth_after"] == 2 == path[1]["depth"]
+    # replay the kept λ independently: the 90/10 split, the merge of the returned weights, one refit epoch
+    order = torch.randperm(len(small_train), generator=torch.Generator().manual_seed(0))
+    fit, validation = small_train.subset(order[64:]), small_train.subset(order[:64])
+    merged, _ = surgery.apply(result.model, result, example_inputs=small_train.info.input_shape)
+    assert evaluate(merged, validation)["accuracy"] == path[1]["penalised_accuracy"]  # the merge is exact
+    Trainer(merged, fit, None, RECIPE.model_copy(update={"epochs": 1}), progress=False).fit()
+    assert evaluate(merged, validation)["accuracy"] == path[1]["validation_accuracy"]
 
 
 def test_fresh_refit_merges_in_the_method_and_reinitialises(small_train: ImageData) -> None:
