@@ -232,7 +232,8 @@ def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
     results = {}
     for name in ("ref", "pruned"):
         monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / name),
-                                          "--connectivity", str(tmp_path / "ref"), "--json"])
+                                          "--connectivity", str(tmp_path / "ref"), "--heat-adjacency", "binary",
+                                          "--heat-t", "t_sat", "--json"])
         try:
             cli.main()
         except SystemExit as exc:
@@ -248,6 +249,7 @@ def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
     assert set(results["ref"]["heat_distance_by_t"].values()) == {0.0}
     monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / "pruned"),
                                       "--connectivity", str(tmp_path / "ref"), "--heat-taps", "first",
+                                      "--heat-adjacency", "binary", "--heat-t", "t_sat",
                                       "--scree", str(tmp_path / "scree.png"), "--json"])
     try:
         cli.main()
@@ -256,6 +258,55 @@ def test_cli_eval_connectivity(monkeypatch, capsys, tmp_path):
     first = json.loads(capsys.readouterr().out)
     assert first["heat_distance"] == pytest.approx(results["pruned"]["heat_distance"])  # an MLP has one tap
     assert (tmp_path / "scree.png").stat().st_size > 1000 and first["scree"] == str(tmp_path / "scree.png")
+
+
+def _eigh_signature(graph: heat.UnitGraph, t: float) -> np.ndarray:
+    """S(t) = U exp(−Λt) Uᵀ A from a dense eigendecomposition of L = D − W (Eqs. 3–5), independent of heat.py's
+    Lanczos / expm_multiply."""
+    adjacency = graph.adjacency.toarray()
+    values, vectors = np.linalg.eigh(np.diag(adjacency.sum(axis=1)) - adjacency)
+    return vectors @ (np.exp(-values * t) * (vectors.T @ graph.sources))
+
+
+def _eval_json(monkeypatch, capsys, *argv: str) -> dict:
+    monkeypatch.setattr(sys, "argv", ["connprune", "eval", *argv, "--json"])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert not exc.code
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_eval_connectivity_defaults_to_weighted_at_t_star_and_takes_a_t(monkeypatch, capsys, tmp_path):
+    """The spec's Table 3 setting by default: weighted adjacency (|w|), F at the reference's t* (α(K, t*) = 0.97);
+    checked against a dense eigendecomposition; ``--heat-t 0.5`` reads F at t = 0.5."""
+    reference, pruned = small_mlp(), small_mlp()
+    masks = random_masks(pruned, 0.05, 0)
+    checkpoint.save(reference, tmp_path / "ref", data_info={"name": "digits"})
+    checkpoint.save(pruned, tmp_path / "pruned", data_info={"name": "digits"}, masks=masks)
+    found = _eval_json(monkeypatch, capsys, "--checkpoint", str(tmp_path / "pruned"), "--connectivity",
+                       str(tmp_path / "ref"))
+    assert (found["heat_adjacency"], found["heat_at"]) == ("weighted", "t_star")
+    ref_graph = heat.unit_graph(reference, (1, 8, 8), weighted=True)
+    pruned_graph = heat.unit_graph(pruned, (1, 8, 8), masks=masks, weighted=True)
+    adjacency = ref_graph.adjacency.toarray()
+    values = np.linalg.eigvalsh(np.diag(adjacency.sum(axis=1)) - adjacency)[1:]
+    k = round(0.06 * ref_graph.n)
+    alpha = np.exp(-found["heat_t"] * values)[:k].sum() / np.exp(-found["heat_t"] * values).sum()
+    assert alpha == pytest.approx(0.97, abs=1e-3) and found["heat_t"] == pytest.approx(found["heat_t_star"])
+    t = found["heat_t"]
+    expected = np.linalg.norm(_eigh_signature(ref_graph, t) - _eigh_signature(pruned_graph, t))
+    assert found["heat_distance"] == pytest.approx(expected, rel=1e-6)
+    given = _eval_json(monkeypatch, capsys, "--checkpoint", str(tmp_path / "pruned"), "--connectivity",
+                       str(tmp_path / "ref"), "--heat-t", "0.5")
+    assert given["heat_t"] == 0.5 and given["heat_distance"] == pytest.approx(
+        np.linalg.norm(_eigh_signature(ref_graph, 0.5) - _eigh_signature(pruned_graph, 0.5)), rel=1e-6)
+    for bad in ("-1", "soon"):
+        monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(tmp_path / "pruned"),
+                                          "--connectivity", str(tmp_path / "ref"), "--heat-t", bad])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        assert exc.value.code == 2 and "--heat-t" in capsys.readouterr().err
 
 
 def test_depthwise_convs_join_channel_to_channel():

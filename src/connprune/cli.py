@@ -216,6 +216,11 @@ def eval_cmd(
         None, "--connectivity", help="Reference checkpoint: also N2NSkip's heat-diffusion distance F to it."),
     heat_taps: str = typer.Option("all", "--heat-taps", help="With --connectivity: conv edges from any kernel tap "
                                   "(all) or the [0, 0] tap only (first: the N2NSkip code release)."),
+    heat_adjacency: str = typer.Option("weighted", "--heat-adjacency", help="With --connectivity: edge weights of "
+                                       "the unit graphs, weighted (|w| per kernel slice, the N2NSkip paper's Table "
+                                       "3) or binary (its Fig. 3)."),
+    heat_t: str = typer.Option("t_star", "--heat-t", help="With --connectivity: where F is read: t_star (the "
+                               "reference's scree saturation time), t_sat (its settling time) or a number t > 0."),
     scree: Optional[Path] = typer.Option(None, "--scree", help="With --connectivity: save the scree diagram "
                                          "alpha(K, t) of both networks as this PNG."),
     as_json: bool = JsonOpt,
@@ -223,11 +228,13 @@ def eval_cmd(
     """Accuracy of a checkpoint, clean and under distribution shift (and its cost with --cost)."""
     from connprune.experiments.jobs import EvalJob, evaluate_job
 
-    if connectivity is None and (scree is not None or heat_taps != "all"):
-        raise UserError("--scree and --heat-taps only apply with --connectivity REFERENCE_CHECKPOINT; add it or drop "
+    if connectivity is None and (scree is not None or heat_taps != "all" or heat_adjacency != "weighted"
+                                 or heat_t != "t_star"):
+        raise UserError("--scree and --heat-* only apply with --connectivity REFERENCE_CHECKPOINT; add it or drop "
                         "them")
     job = EvalJob.build(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, shift=shift, seed=seed,
-                        cost=with_cost, connectivity=connectivity, heat_taps=heat_taps, scree=scree)
+                        cost=with_cost, connectivity=connectivity, heat_taps=heat_taps, heat_adjacency=heat_adjacency,
+                        heat_t=heat_t, scree=scree)
     result, rows, name = evaluate_job(job)
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))

@@ -110,6 +110,11 @@ class EvalJob(JobSpec):
     cost: bool = False
     connectivity: Path | None = None
     heat_taps: Literal["all", "first"] = "all"
+    heat_adjacency: Literal["weighted", "binary"] = "weighted"
+    """Edge weights of F's unit graphs: |w| aggregated per kernel slice (the spec's Table 3) or 0/1 (Fig. 3)."""
+    heat_t: str = "t_star"
+    """Where F is read: ``t_star`` (the reference's scree saturation time), ``t_sat`` (its settling time) or a
+    number t > 0 (:meth:`connprune.measure.heat.HeatComparison.time`)."""
     scree: Path | None = None
 
 
@@ -437,8 +442,9 @@ def prune_job(job: PruneJob) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- evaluation
 
 HEAT_T_MULTIPLES = (1, 10, 100)
-"""``eval --connectivity`` reports F at the reference's settling time t_sat (``heat_distance``), at these multiples of
-its scree saturation time t*, and at t = ∞ (:meth:`connprune.measure.heat.HeatComparison.summary`)."""
+"""``eval --connectivity`` reports F at ``--heat-t`` (``heat_distance``; default t*), at these multiples of the
+reference's scree saturation time t*, at its settling time t_sat and at t = ∞
+(:meth:`connprune.measure.heat.HeatComparison.summary`)."""
 
 
 def evaluate_job(job: EvalJob) -> tuple[dict[str, Any], list[list[Any]], str]:
@@ -480,12 +486,14 @@ def _connectivity_rows(job: EvalJob, loaded: checkpoint.Checkpoint, shape: tuple
     assert job.connectivity is not None
     reference = checkpoint.load_checkpoint(job.connectivity, _factory(job.model))
     comparison = heat.compare(reference.model, loaded.model, shape, masks=loaded.masks,
-                              reference_masks=reference.masks, taps=job.heat_taps)
-    result.update(comparison.summary(HEAT_T_MULTIPLES))
+                              reference_masks=reference.masks, taps=job.heat_taps,
+                              weighted=job.heat_adjacency == "weighted")
+    result.update(comparison.summary(HEAT_T_MULTIPLES, at=heat.parse_time(job.heat_t)))
     if job.scree is not None:
         result["scree"] = str(heat.scree_plot({"reference": comparison.reference, "checkpoint": comparison.pruned},
                                               job.scree))
-    rows = [[k, result[k]] for k in ("heat_distance", "heat_t", "heat_t_star")]
+    rows = [[k, result[k]] for k in ("heat_distance", "heat_adjacency", "heat_at", "heat_t", "heat_t_star",
+                                     "heat_t_sat")]
     return rows + [[f"heat_distance at {k}", v] for k, v in result["heat_distance_by_t"].items()]
 
 

@@ -53,7 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -540,6 +540,24 @@ def settling_time(graph: UnitGraph, tolerance: float = SETTLED) -> float:
     return float(np.log(1.0 / tolerance) / fiedler)
 
 
+HeatTime = Literal["t_star", "t_sat"] | float
+"""Where F is read: the reference's scree saturation time t* (the spec's Table 3 setting, reconstructed: α(K, t*) =
+0.97), its settling time t_sat, or a given t."""
+
+
+def parse_time(text: str) -> HeatTime:
+    """``"t_star"``, ``"t_sat"`` or a number t > 0 from text (the CLI's ``--heat-t``)."""
+    if text in ("t_star", "t_sat"):
+        return text  # type: ignore[return-value]
+    try:
+        t = float(text)
+    except ValueError:
+        t = 0.0
+    if not t > 0 or t == float("inf"):
+        raise UserError(f"--heat-t {text!r}: choose t_star, t_sat or a number t > 0")
+    return t
+
+
 @dataclass
 class HeatComparison:
     """A pruned network's unit graph beside its dense reference's, with the two reference times (t*, t_sat)."""
@@ -559,18 +577,31 @@ class HeatComparison:
         """The reference's settling time (:func:`settling_time`): where F is reported by default."""
         return settling_time(self.reference, self.tolerance)
 
-    def distance(self, t: float | None = None) -> float:
-        """F(t) (Eq. 6); ``None``: at :attr:`t_settled`."""
-        return signature_distance(self.reference, self.pruned, self.t_settled if t is None else t)
+    def time(self, at: HeatTime = "t_sat") -> float:
+        """The diffusion time ``at`` names: ``"t_star"`` (:attr:`t_star`), ``"t_sat"`` (:attr:`t_settled`) or a
+        given ``t > 0``."""
+        if at == "t_star":
+            return self.t_star
+        if at == "t_sat":
+            return self.t_settled
+        if isinstance(at, str) or not at > 0:
+            raise UserError(f"heat time {at!r}: choose t_star, t_sat or a number t > 0")
+        return float(at)
 
-    def summary(self, multiples: Iterable[float] = (1, 10, 100)) -> dict[str, Any]:
-        """``heat_distance`` = F(t_sat), ``heat_t`` = t_sat, ``heat_t_star`` and ``heat_distance_by_t``: F at the
-        ``multiples`` of t*, at t_sat and at t = ∞ (closed form)."""
+    def distance(self, t: HeatTime | None = None) -> float:
+        """F(t) (Eq. 6); ``None``: at :attr:`t_settled`; ``"t_star"`` / ``"t_sat"`` / a number (:meth:`time`)."""
+        return signature_distance(self.reference, self.pruned, self.time("t_sat" if t is None else t))
+
+    def summary(self, multiples: Iterable[float] = (1, 10, 100), at: HeatTime = "t_sat") -> dict[str, Any]:
+        """``heat_distance`` = F at ``at`` (:meth:`time`), ``heat_t`` its t, ``heat_at`` what ``at`` named,
+        ``heat_adjacency`` (``weighted`` or ``binary``), ``heat_t_star``, ``heat_t_sat`` and ``heat_distance_by_t``:
+        F at the ``multiples`` of t*, at t_sat and at t = ∞ (closed form)."""
         by_t = {f"{m:g}t*": self.distance(m * self.t_star) for m in multiples}
-        headline = self.distance()
-        by_t.update({"t_sat": headline, "inf": saturated_distance(self.reference, self.pruned)})
-        return {"heat_distance": headline, "heat_t": self.t_settled, "heat_t_star": self.t_star,
-                "heat_distance_by_t": by_t}
+        by_t.update({"t_sat": self.distance("t_sat"), "inf": saturated_distance(self.reference, self.pruned)})
+        t = self.time(at)
+        return {"heat_distance": self.distance(t), "heat_t": t, "heat_at": at,
+                "heat_adjacency": "weighted" if self.reference.weighted else "binary", "heat_t_star": self.t_star,
+                "heat_t_sat": self.t_settled, "heat_distance_by_t": by_t}
 
 
 def compare(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Sequence[int],
@@ -595,11 +626,12 @@ def compare(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Se
 
 
 def heat_distance(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Sequence[int],
-                  masks: Mapping[str, torch.Tensor] | None = None, t: float | None = None, weighted: bool = False,
+                  masks: Mapping[str, torch.Tensor] | None = None, t: HeatTime | None = None, weighted: bool = False,
                   reference_masks: Mapping[str, torch.Tensor] | None = None, extra_edges: Iterable[ExtraEdge] = (),
                   taps: str = "all") -> float:
     """N2NSkip's F = ||S_ref(t) − S_prune(t)||_2 between a reference and a pruned (masked) model (:func:`compare`);
-    ``t=None``: at the reference's settling time t_sat (:func:`settling_time`)."""
+    ``t=None``: at the reference's settling time t_sat (:func:`settling_time`); ``"t_star"`` / ``"t_sat"`` / a number
+    as :meth:`HeatComparison.time`. ``weighted``: edge weights |w| (the spec's Table 3) instead of binary (Fig. 3)."""
     return compare(reference_model, pruned_model, input_shape, masks=masks, weighted=weighted,
                    reference_masks=reference_masks, extra_edges=extra_edges, taps=taps).distance(t)
 
