@@ -234,3 +234,60 @@ def test_resnet_network_pass_runs_and_stays_in_range():
         assert torch.isfinite(ghost).all() and 0 <= ghost.min() and ghost.max() <= 1
     with pytest.raises(UserError, match="measure"):
         cn.network_connectivity(model, probe, g, measure="spearman")  # type: ignore[arg-type]
+
+
+def _standardised(values: torch.Tensor, guard: float = 1e-3) -> torch.Tensor:
+    """Zero mean, unit population std per column; constant columns (std < guard) are 0."""
+    std = values.std(0, unbiased=False)
+    live = std >= guard
+    return (values - values.mean(0)) / torch.where(live, std, torch.ones_like(std)) * live
+
+
+def test_ghost_training_equals_autograd_on_the_raw_activations_and_converges_to_least_squares():
+    parent, child, labels = random_activations(n=240)
+    parent[:, 2] = 4.0  # a dead unit
+    sums = {}
+    for c in range(3):
+        sums[c] = cn.MomentSums(7, 5, parent_cross=True)
+        sums[c].update(parent[labels == c], child[labels == c])
+    cross = torch.stack([s.correlation() for s in sums.values()]).mean(0)
+    moments = torch.stack([s.parent_correlation() for s in sums.values()]).mean(0)
+    initial = cn.pearson_connectivity(parent, child, labels)
+    # the oracle: the objective on the per-class standardised samples, its gradient by autograd
+    blocks = [(_standardised(parent[labels == c]), _standardised(child[labels == c])) for c in range(3)]
+    p_bar = torch.stack([x.T @ x / x.shape[0] for x, _ in blocks]).mean(0)
+    np.testing.assert_allclose(moments.numpy(), p_bar.numpy(), atol=1e-12)
+    step = 0.7 / (2 * float(torch.linalg.eigvalsh(p_bar).max()))
+    ghost = initial.clone()
+    for _ in range(25):
+        ghost.requires_grad_(True)
+        loss = torch.stack([((z - x @ ghost.T) ** 2).sum(1).mean() for x, z in blocks]).mean()
+        (grad,) = torch.autograd.grad(loss, ghost)
+        ghost = (ghost - step * grad).detach()
+    trained = cn.train_ghost(initial, cross, moments, 25, rate=0.7)
+    np.testing.assert_allclose(trained.numpy(), ghost.abs().numpy(), atol=1e-10)
+    converged = cn.train_ghost(initial, cross, moments, 3000, rate=1.0)
+    np.testing.assert_allclose(converged.numpy(), (cross @ torch.linalg.pinv(moments)).abs().numpy(), atol=1e-6)
+    assert torch.equal(cn.train_ghost(initial, cross, moments, 0), initial)
+    with pytest.raises(UserError, match="0 < rate < 2"):
+        cn.train_ghost(initial, cross, moments, 5, rate=2.0)
+
+
+def test_network_moments_match_the_samples(digits_train):
+    torch.manual_seed(0)
+    model = models.create("lenet5", input_size=8).eval()
+    g = graph.build(model, (1, 8, 8))
+    plain = cn.network_connectivity(model, digits_train, g, per_class=30, seed=3)
+    result = cn.network_connectivity(model, digits_train, g, per_class=30, seed=3, moments=True)
+    assert all(torch.equal(plain.ghosts[k], result.ghosts[k]) for k in plain.ghosts) and not plain.cross
+    probe = cn.probe_indices(digits_train.labels, 30, seed=3)
+    with torch.no_grad():
+        acts = {c: _by_hand_lenet(model, normalize(digits_train.images[i], digits_train.info))["fc2"]
+                for c, i in probe.items()}
+    def moment(left: torch.Tensor, right: torch.Tensor) -> np.ndarray:  # guarded Pearson, from the samples
+        return (_standardised(left.double()).T @ _standardised(right.double()) / left.shape[0]).numpy()
+
+    signed = np.mean([moment(b, a) for a, b in acts.values()], axis=0)
+    np.testing.assert_allclose(result.cross["fc2"].numpy(), signed, atol=1e-6)
+    parents = np.mean([moment(a, a) for a, _ in acts.values()], axis=0)
+    np.testing.assert_allclose(result.parent_moments["fc2"].numpy(), parents, atol=1e-6)

@@ -11,6 +11,8 @@ import torch
 
 from connprune import methods, models, surgery
 from connprune.errors import UserError
+from connprune.graph import build
+from connprune.measure.connectivity import ghost_layers, network_connectivity, train_ghost
 from connprune.measure.sparsity import count_prunable, prunable_weights
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
@@ -284,3 +286,23 @@ def test_path_aware_keeps_every_kept_unit_on_a_path_at_the_budget(digits_train, 
     assert abs((reference - counted.nonzero_after) - round(sparsity * reference)) <= result.info["budget_unit"]
     plain = prune(model, sparsity, digits_train, hybrid_split=split)
     assert sum(int(p.sum()) for p in units_on_paths(plain.masks, order)[1]) < sum(int(p.sum()) for p in on_paths)
+
+
+def test_trained_ghost_guides_the_masks_at_the_same_budget(digits_train):
+    model = lenet()
+    plain = prune(model, 0.8, digits_train, hybrid_split=1, probe_per_class=40)
+    trained = prune(model, 0.8, digits_train, hybrid_split=1, probe_per_class=40, ghost_steps=30)
+    assert any(not torch.equal(plain.masks[k], trained.masks[k]) for k in ("conv2.weight", "fc1.weight"))
+    for result in (plain, trained):
+        assert result.info["expected_sparsity"] == pytest.approx(0.8, abs=result.info["budget_unit"] / 21150)
+    # the classifier alone guided (b = 4) at 50 %: its mask is the top half of the trained ghost, which the oracle
+    # trains again from the network's moments (the surgery forces only direct-layer weights here)
+    only_classifier = prune(model, 0.5, digits_train, hybrid_split=4, probe_per_class=40, ghost_steps=30)
+    g = build(model, (1, 8, 8))
+    layers = [layer for layer in ghost_layers(g) if layer.child == "fc3"]
+    measured = network_connectivity(model, digits_train, g, layers=layers, per_class=40, moments=True)
+    ghost = train_ghost(measured.ghosts["fc3"], measured.cross["fc3"], measured.parent_moments["fc3"], 30)
+    assert torch.equal(only_classifier.masks["fc3.weight"], ghost_keep(ghost, 0.5))
+    assert not torch.equal(ghost_keep(ghost, 0.5), ghost_keep(measured.ghosts["fc3"], 0.5))
+    with pytest.raises(UserError, match="ghost_rate"):
+        methods.create("gcnet", ghost_rate=2.5)

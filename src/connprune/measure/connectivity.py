@@ -127,7 +127,8 @@ class MomentSums:
     float64 rounding without storing the samples.
     """
 
-    def __init__(self, parent_units: int, child_units: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, parent_units: int, child_units: int, device: torch.device | str = "cpu", *,
+                 parent_cross: bool = False) -> None:
         self.count = 0
         self.shift_parent: torch.Tensor | None = None
         self.shift_child: torch.Tensor | None = None
@@ -137,6 +138,9 @@ class MomentSums:
         self.square_parent = torch.zeros(parent_units, dtype=dtype, device=device)
         self.square_child = torch.zeros(child_units, dtype=dtype, device=device)
         self.cross = torch.zeros(child_units, parent_units, dtype=dtype, device=device)
+        self.parent_cross = (torch.zeros(parent_units, parent_units, dtype=dtype, device=device) if parent_cross
+                             else None)
+        """``Σ a aᵀ`` over the parent units, for :meth:`parent_correlation` (only when asked for)."""
 
     def update(self, parent: torch.Tensor, child: torch.Tensor) -> None:
         parent, child = parent.to(torch.float64), child.to(torch.float64)
@@ -154,21 +158,37 @@ class MomentSums:
         self.square_parent += (parent * parent).sum(0)
         self.square_child += (child * child).sum(0)
         self.cross += child.T @ parent
+        if self.parent_cross is not None:
+            self.parent_cross += parent.T @ parent
 
     def correlation(self, std_guard: float = STD_GUARD) -> torch.Tensor:
         """``(n_c, n_p)`` Pearson correlations; 0 where either unit's std is below ``std_guard`` (no NaN)."""
         n = max(self.count, 1)
         mean_parent, mean_child = self.sum_parent / n, self.sum_child / n
-        var_parent = (self.square_parent / n - mean_parent**2).clamp_min(0.0)
-        var_child = (self.square_child / n - mean_child**2).clamp_min(0.0)
         covariance = self.cross / n - mean_child[:, None] * mean_parent[None, :]
-        std_parent, std_child = var_parent.sqrt(), var_child.sqrt()
-        live_parent, live_child = std_parent >= std_guard, std_child >= std_guard
-        denominator = std_child[:, None] * std_parent[None, :]
-        live = live_child[:, None] & live_parent[None, :]
-        rho = torch.where(live, covariance / torch.where(live, denominator, torch.ones_like(denominator)),
-                          torch.zeros_like(covariance))
-        return rho.clamp(-1.0, 1.0)
+        return _correlate(covariance, self._std(self.square_parent, mean_parent),
+                          self._std(self.square_child, mean_child), std_guard)
+
+    def parent_correlation(self, std_guard: float = STD_GUARD) -> torch.Tensor:
+        """``(n_p, n_p)`` Pearson correlations among the parent units (``parent_cross=True``), guarded alike: the
+        second moment of the standardised parent activations, with 0 rows and columns for constant units."""
+        if self.parent_cross is None:
+            raise ValueError("parent_correlation needs MomentSums(..., parent_cross=True)")
+        n = max(self.count, 1)
+        mean = self.sum_parent / n
+        std = self._std(self.square_parent, mean)
+        return _correlate(self.parent_cross / n - mean[:, None] * mean[None, :], std, std, std_guard)
+
+    def _std(self, square: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        return (square / max(self.count, 1) - mean**2).clamp_min(0.0).sqrt()
+
+
+def _correlate(covariance: torch.Tensor, std_columns: torch.Tensor, std_rows: torch.Tensor,
+               std_guard: float) -> torch.Tensor:
+    """``covariance[r, c] / (std_rows[r] · std_columns[c])``, 0 where either std is below ``std_guard``."""
+    live = (std_rows >= std_guard)[:, None] & (std_columns >= std_guard)[None, :]
+    denominator = torch.where(live, std_rows[:, None] * std_columns[None, :], torch.ones_like(covariance))
+    return torch.where(live, covariance / denominator, torch.zeros_like(covariance)).clamp(-1.0, 1.0)
 
 
 def _classes(labels: torch.Tensor) -> list[int]:
@@ -236,6 +256,35 @@ def mi_connectivity(parent: torch.Tensor, child: torch.Tensor, labels: torch.Ten
                     options: Mapping[str, Any] | None = None) -> torch.Tensor:
     """The MI variant of :func:`pearson_connectivity`: per-class EDGE MI → Linfoot coefficient, class mean."""
     return _class_mean(labels, lambda index: _mi_class(parent[index], child[index], std_guard, seed, options or {}))
+
+
+def train_ghost(initial: torch.Tensor, cross: torch.Tensor, parent: torch.Tensor, steps: int,
+                rate: float = 0.5) -> torch.Tensor:
+    """Train a ghost matrix from its initial connectivities; returns ``|G_T|`` (docs/methods/gcnet.md §2 "Training
+    the ghost", **reconstructed**: the abstracts call the connectivities the ghost's *initial* weights, the
+    objective is not known).
+
+    Objective: the ghost layer as a linear map between the per-class standardised activations of consecutive
+    layers, ``L(G) = (1/|C|) Σ_c E_{s ∈ P_c} ‖z_s − G x_s‖²`` (``x``: parent units, ``z``: child units, each
+    standardised within class c with the std guard), whose gradient needs only ``R̄ = mean_c ρ_c(z, x)``
+    (``cross``) and ``P̄ = mean_c ρ_c(x, x)`` (``parent``): ``∇L = 2 (G P̄ − R̄)``. ``steps`` steps of gradient
+    descent from ``G_0 = initial`` with step ``rate / (2 λ_max(P̄))`` (stable for ``0 < rate < 2``); the magnitude
+    pruning then reads ``|G_T|``. ``steps = 0`` returns ``initial``.
+    """
+    if steps < 0 or not 0.0 < rate < 2.0:
+        raise UserError(f"ghost training needs steps ≥ 0 and 0 < rate < 2, got steps={steps}, rate={rate}; pass "
+                        "e.g. --param ghost_steps=50 --param ghost_rate=0.5")
+    ghost = initial.to(torch.float64).clone()
+    if steps == 0:
+        return ghost
+    cross, parent = cross.to(torch.float64), parent.to(torch.float64)
+    largest = float(torch.linalg.eigvalsh(parent).max()) if parent.numel() else 0.0
+    if largest <= 0.0:  # every parent unit constant: the objective does not depend on G
+        return ghost.abs()
+    step = rate / largest
+    for _ in range(steps):
+        ghost -= step * (ghost @ parent - cross)
+    return ghost.abs()
 
 
 # ------------------------------------------------------------------------------------------------- the probe set
@@ -350,6 +399,11 @@ class ConnectivityResult:
     forward_seconds: float = 0.0
     """Of which: model forward passes over the probe set (the rest is the reduction and correlation)."""
     settings: dict[str, Any] = field(default_factory=dict)
+    cross: dict[str, torch.Tensor] = field(default_factory=dict)
+    """With ``moments``: child layer → ``R̄ = mean_c ρ_c (units, channels)``, signed Pearson correlations."""
+    parent_moments: dict[str, torch.Tensor] = field(default_factory=dict)
+    """With ``moments``: child layer → ``P̄ = mean_c`` correlation matrix of its input channels ``(channels,
+    channels)`` (1 on the diagonal of live channels, 0 for constant ones)."""
 
 
 def _class_batches(data: ImageData, index: torch.Tensor, batch_size: int,
@@ -373,12 +427,15 @@ def network_connectivity(
     seed: int = 0,
     device: torch.device | str | None = None,
     mi_options: Mapping[str, Any] | None = None,
+    moments: bool = False,
 ) -> ConnectivityResult:
     """Ghost matrices of every layer in ``layers`` (default :func:`ghost_layers`) on a probe set of ``data``.
 
     docs/methods/gcnet.md §3 steps 2–4: ``per_class`` training samples per class (seeded), ``model.eval()``, no
     gradients, one pass over the probe set class by class; activations are reduced to channel means in the hooks and
-    folded into per-class streaming sums (Pearson) or kept for the current class only (MI).
+    folded into per-class streaming sums (Pearson) or kept for the current class only (MI). ``moments`` also
+    returns the class means of the signed child–parent and the parent–parent correlations (for
+    :func:`train_ghost`; ``n_p × n_p`` more numbers per layer).
     """
     if measure not in ("pearson", "mi"):
         raise UserError(f"connectivity measure must be 'pearson' or 'mi', got {measure!r}")
@@ -392,6 +449,9 @@ def network_connectivity(
     probe = probe_indices(data.labels, per_class, seed)
     totals = {layer.child: torch.zeros(layer.units, layer.channels, dtype=torch.float64, device=device)
               for layer in layers}
+    cross = {layer.child: torch.zeros_like(totals[layer.child]) for layer in layers} if moments else {}
+    parents = {layer.child: torch.zeros(layer.channels, layer.channels, dtype=torch.float64, device=device)
+               for layer in layers} if moments else {}
     used = 0
     forward_seconds = 0.0
     was_training = model.training
@@ -400,7 +460,8 @@ def network_connectivity(
         for c, index in probe.items():
             if index.numel() < 2:
                 continue
-            sums = {layer.child: MomentSums(layer.channels, layer.units, device) for layer in layers}
+            sums = {layer.child: MomentSums(layer.channels, layer.units, device, parent_cross=moments)
+                    for layer in layers}
             kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {layer.child: [] for layer in layers}
             for x in _class_batches(data, index, batch_size, device):
                 tick = time.perf_counter()
@@ -411,9 +472,9 @@ def network_connectivity(
                     parent_site, child_site = sites[layer.child]
                     parent, child = recorder.values[parent_site], recorder.values[child_site]
                     _check_widths(layer, parent, child)
-                    if measure == "pearson":
+                    if measure == "pearson" or moments:
                         sums[layer.child].update(parent, child)
-                    else:
+                    if measure == "mi":
                         kept[layer.child].append((parent, child))
                 recorder.values.clear()
             for layer in layers:
@@ -423,6 +484,9 @@ def network_connectivity(
                     parent = torch.cat([p for p, _ in kept[layer.child]])
                     child = torch.cat([q for _, q in kept[layer.child]])
                     totals[layer.child] += _mi_class(parent, child, std_guard, seed, mi_options or {})
+                if moments:
+                    cross[layer.child] += sums[layer.child].correlation(std_guard)
+                    parents[layer.child] += sums[layer.child].parent_correlation(std_guard)
             used += 1
     finally:
         recorder.close()
@@ -433,6 +497,8 @@ def network_connectivity(
     return ConnectivityResult(
         ghosts=ghosts, layers=layers, probe_per_class={c: int(i.numel()) for c, i in probe.items()},
         seconds=time.perf_counter() - started, forward_seconds=forward_seconds,
+        cross={name: (total / used).cpu() for name, total in cross.items()},
+        parent_moments={name: (total / used).cpu() for name, total in parents.items()},
         settings={"measure": measure, "site": site, "std_guard": std_guard, "per_class": per_class, "seed": seed})
 
 
@@ -445,4 +511,4 @@ def _check_widths(layer: GhostLayer, parent: torch.Tensor, child: torch.Tensor) 
 
 
 __all__ = ["STD_GUARD", "ConnectivityResult", "GhostLayer", "Measure", "MomentSums", "Site", "ghost_layers",
-           "linfoot", "mi_connectivity", "network_connectivity", "pearson_connectivity", "probe_indices"]
+           "linfoot", "mi_connectivity", "network_connectivity", "pearson_connectivity", "probe_indices", "train_ghost"]

@@ -10,7 +10,9 @@ else is **reconstructed** (docs/methods/gcnet.md §2–§4) and exposed as a par
 1. Connectivity ``G^l[j, i]`` (docs/methods/gcnet.md §2): :mod:`connprune.measure.connectivity` — per-class |Pearson|
    averaged over classes (``measure="pearson"``, default) or an EDGE mutual-information variant (``measure="mi"``), at
    the post-activation site (``site="post"``) or the module outputs (``site="module"``), on ``probe_per_class`` training
-   samples per class, std guard ``std_guard``.
+   samples per class, std guard ``std_guard``. With ``ghost_steps > 0`` the ghost is then trained from these
+   initial weights (docs/methods/gcnet.md §2 "Training the ghost", reconstructed objective:
+   :func:`connprune.measure.connectivity.train_ghost`).
 2. Ghost pruning (docs/methods/gcnet.md §2 "Pruning the ghost network", §3 step 6): per ghost layer keep the
    ``numel(G) − round(s · numel(G))`` largest entries (``ghost_scope="layer"``), ties kept at the earliest index;
    or one threshold over all ghost layers (``ghost_scope="global"``), cut where the weights the pruned entries stand
@@ -25,13 +27,17 @@ else is **reconstructed** (docs/methods/gcnet.md §2–§4) and exposed as a par
 5. Exact total (``match_total=True``): a ghost layer can only prune whole kernel slices / column blocks, so its
    weight sparsity is ``s`` up to half a block; the direct-magnitude layers absorb the difference (by layer size,
    largest remainders first) so the total matches layer-wise magnitude pruning at ``s``.
-6. Structured extension (docs/methods/gcnet.md §3 step 10, ours): the masks are returned as they are; ``surgery.apply``
+6. Path-aware selection (``path_aware=True``, ours; docs/methods/gcnet.md §2 "Path-aware selection"): the ghost
+   layers keep the same counts, chosen so that every unit they keep lies on an input-to-output path
+   (:func:`path_keep`).
+7. Structured extension (docs/methods/gcnet.md §3 step 10, ours): the masks are returned as they are; ``surgery.apply``
    with ``shrink=True`` removes units left with no live inputs (constant outputs, folded into the next layer's bias) or
    no live outputs, exactly (:mod:`connprune.surgery.shrink`). ``info`` reports how many such units the ghost masks
    made.
 
 Fine-tuning with the masks enforced is the caller's (``connprune prune --finetune-epochs``), as for every method
-that prunes a trained model.
+that prunes a trained model; the iterative schedule (docs/methods/gcnet.md §3 step 8) is
+:func:`connprune.methods.iterative.prune_in_steps` (``connprune prune --steps K``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from torch import nn
 from connprune.errors import UserError
 from connprune.graph import build
 from connprune.measure import importance
-from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, network_connectivity
+from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, network_connectivity, train_ghost
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Reads, Sparsity
@@ -77,6 +83,12 @@ class GCNetParams(MethodParams):
     """Direct layers absorb the ghost layers' rounding so the total sparsity equals layer-wise magnitude's."""
     batch_size: int = Field(256, ge=1)
     """Probe batch size."""
+    ghost_steps: int = Field(0, ge=0)
+    """Reconstructed (docs/methods/gcnet.md §2 "Training the ghost"): gradient steps that train the ghost from its
+    initial connectivities as a linear map between consecutive layers' per-class standardised activations (the
+    objective is not known); 0 = the connectivities themselves (the paper as far as the abstracts say)."""
+    ghost_rate: float = Field(0.5, gt=0.0, lt=2.0)
+    """Step of the ghost training as a fraction of ``1 / λ_max`` of the parent correlation (stable below 2)."""
     path_aware: bool = False
     """Ours, not the paper's (docs/methods/gcnet.md §2 "Path-aware selection"): choose the ghost layers' masks in
     forward order so that every unit they keep has an input from a kept unit of its parent and an output to a kept
@@ -317,8 +329,12 @@ class GCNet(PruningMethod):
             assert data.train is not None
             connectivity = network_connectivity(
                 model, data.train, graph, layers=guided, per_class=p.probe_per_class, site=p.site, measure=p.measure,
-                std_guard=p.std_guard, batch_size=p.batch_size, seed=p.seed, device=data.device)
+                std_guard=p.std_guard, batch_size=p.batch_size, seed=p.seed, device=data.device,
+                moments=p.ghost_steps > 0)
             ghosts, seconds = connectivity.ghosts, connectivity.seconds
+            if p.ghost_steps:
+                ghosts = {name: train_ghost(g, connectivity.cross[name], connectivity.parent_moments[name],
+                                            p.ghost_steps, p.ghost_rate) for name, g in ghosts.items()}
         block = {g.child: weights[f"{g.child}.weight"][0, 0].numel() * g.features_per_channel
                  if weights[f"{g.child}.weight"].dim() == 4 else g.features_per_channel for g in guided}
         readers: dict[str, list[str]] = {}
