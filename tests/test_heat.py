@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -10,10 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from connprune import checkpoint, cli, models
+from connprune import checkpoint, cli, methods, models, surgery
 from connprune.errors import UserError
 from connprune.measure import heat
 from connprune.measure.sparsity import prunable_weights
+from connprune.methods import PruneData
+from connprune.surgery.shrink import KEPT_UNITS, plan_removal
 
 
 def two_components() -> heat.UnitGraph:
@@ -318,6 +321,61 @@ def test_depthwise_convs_join_channel_to_channel():
     block = graph.adjacency[graph.block(f"{depthwise}:in"), graph.block(child)].toarray()
     np.testing.assert_array_equal(block, np.eye(block.shape[0]))
     assert heat.heat_signature(graph, 0.1).sum() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("method, sparsity", [("snip", 0.97), ("l1-filter", 0.5)])
+def test_shrunk_checkpoints_compare_like_their_masked_twins(monkeypatch, capsys, tmp_path, digits_train, method,
+                                                             sparsity):
+    """A physically shrunk checkpoint records its kept units (model.json ``kept_units``); F to the dense reference
+    (removed units mapped back as isolated nodes) equals F of the same pruning left unshrunk, with the removal
+    plan's surviving entries as masks (a second derivation of what the shrunk model holds), at t* and t_sat."""
+    shape = (1, 8, 8)
+    torch.manual_seed(0)
+    reference = models.create("lenet5", in_channels=1, input_size=8)
+    result = methods.create(method).prune(copy.deepcopy(reference), sparsity, PruneData(train=digits_train))
+    masked, masked_masks = surgery.apply(copy.deepcopy(reference), result, shrink=False, example_inputs=shape)
+    shrunk, shrunk_masks = surgery.apply(copy.deepcopy(reference), result, shrink=True, example_inputs=shape)
+    assert heat._widths(shrunk) != heat._widths(reference)  # units were removed
+    surviving = plan_removal(masked, masked_masks, shape).surviving()
+    twin_masks = {name: masked_masks.get(name, torch.ones_like(keep)) & keep for name, keep in surviving.items()}
+    for name, directory in (("ref", reference), ("shrunk", shrunk)):
+        checkpoint.save(directory, tmp_path / name, data_info={"name": "digits"},
+                        masks=shrunk_masks if name == "shrunk" else None)
+    loaded = checkpoint.load_checkpoint(tmp_path / "shrunk")
+    assert getattr(loaded.model, KEPT_UNITS) == json.loads((tmp_path / "shrunk" / "model.json").read_text())[
+        "kept_units"] == getattr(shrunk, KEPT_UNITS)
+    for weighted in (True, False):
+        expected = heat.compare(reference, masked, shape, masks=twin_masks, weighted=weighted)
+        found = heat.compare(reference, loaded.model, shape, masks=loaded.masks, weighted=weighted)
+        for at in ("t_star", "t_sat"):
+            assert found.distance(at) == pytest.approx(expected.distance(at), rel=1e-9, abs=1e-15)
+    result_json = _eval_json(monkeypatch, capsys, "--checkpoint", str(tmp_path / "shrunk"), "--connectivity",
+                             str(tmp_path / "ref"))
+    assert result_json["heat_distance"] == pytest.approx(
+        heat.compare(reference, masked, shape, masks=twin_masks, weighted=True).distance("t_star"), rel=1e-9)
+
+
+def test_kept_units_compose_over_repeated_shrinks():
+    """Weights labelled by their original position: after two filter removals each surviving weight sits, in the
+    shrunk model, where the recorded kept rows and columns say it came from."""
+    shape = (1, 8, 8)
+    torch.manual_seed(0)
+    reference = models.create("lenet5", in_channels=1, input_size=8)
+    with torch.no_grad():
+        for w in prunable_weights(reference).values():
+            w.copy_(torch.rand(w.shape) + 1)  # distinct, non-zero labels
+    model = copy.deepcopy(reference)
+    for sparsity in (0.3, 0.5):
+        result = methods.create("l1-filter").prune(model, sparsity, PruneData(example_inputs=shape))
+        model, _ = surgery.apply(model, result, shrink=True, example_inputs=shape)
+    kept = getattr(model, KEPT_UNITS)
+    assert kept["conv1"]["out"] == kept["conv2"]["in"] and len(kept["conv1"]["out"]) < 6
+    for name, w in prunable_weights(model).items():
+        layer = name.rpartition(".")[0]
+        original = prunable_weights(reference)[name]
+        rows = kept.get(layer, {}).get("out", range(original.shape[0]))
+        cols = kept.get(layer, {}).get("in", range(original.shape[1]))
+        assert torch.equal(w, original[list(rows)][:, list(cols)])
 
 
 def test_cli_connectivity_rejects_shrunk_checkpoints(monkeypatch, capsys, tmp_path):

@@ -1,7 +1,8 @@
 """Checkpoint directories: ``model.safetensors`` + ``model.json`` (+ ``metrics.json``), no pickle anywhere.
 
 ``model.json`` holds the architecture name and constructor config, the structural edits (merged layers, skip
-branches; see :mod:`connprune.surgery.edits`) and the per-layer widths after surgery, so
+branches; see :mod:`connprune.surgery.edits`), the per-layer widths after surgery and, for a physically shrunk model,
+the original indices of the units each layer kept (``kept_units``, :data:`connprune.surgery.shrink.KEPT_UNITS`), so
 :func:`load` rebuilds the exact (possibly shrunk) module from the registry without executing anything from the file.
 Masks, if any, are stored beside the weights as tensors named ``mask::<parameter name>``. Every directory is written
 under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint.
@@ -31,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from connprune import models
 from connprune.errors import UserError
 from connprune.surgery import edits, skips
+from connprune.surgery.shrink import KEPT_UNITS
 from connprune.utils.io import atomic_dir, recover_dir
 
 FORMAT = 1
@@ -198,6 +200,7 @@ def save(
         "widths": layer_widths(model),
         "biases": layers_with_bias(model),
         "skips": [e for e in edits.recorded(model) if e["op"] == "skip"],
+        "kept_units": getattr(model, KEPT_UNITS, None) or {},
         "edits": edits.recorded(model),
         "data": data_info or {},
     }
@@ -276,7 +279,7 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} has format {meta.get('format')!r}; this connprune reads format {FORMAT}")
     kinds = {"architecture": (str, type(None)), "config": dict, "widths": dict, "biases": list, "edits": list,
-             "modules": dict}
+             "kept_units": dict, "modules": dict}
     for key, kind in kinds.items():
         if key in meta and not isinstance(meta[key], kind) or key in ("architecture", "config") and key not in meta:
             raise UserError(f"{path}: {key!r} must be a JSON {_json_kind(kind)}; the checkpoint is damaged, "
@@ -439,6 +442,8 @@ def load_checkpoint(directory: str | Path, model: nn.Module | str | None = None)
         model = _build_given(meta, model, header, directory / MODEL_JSON)
     _check_against_header(model, meta, header, directory / WEIGHTS)
     model, masks = _fill(model, directory / WEIGHTS)
+    if meta.get("kept_units"):
+        setattr(model, KEPT_UNITS, meta["kept_units"])
     metrics = _read_json(directory / METRICS_JSON) if (directory / METRICS_JSON).is_file() else {}
     return Checkpoint(model=model.eval(), meta=meta, masks=masks, metrics=metrics)
 

@@ -49,6 +49,7 @@ Shrunk models: a physically shrunk model has fewer units and the kept indices ar
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -66,6 +67,7 @@ from torch import nn
 from connprune.errors import UserError
 from connprune.graph import ModelGraph, build, is_depthwise
 from connprune.surgery import skips as skip_branches
+from connprune.surgery.shrink import KEPT_UNITS
 from connprune.utils.io import atomic_path
 
 SATURATION = 0.97
@@ -611,18 +613,53 @@ def compare(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Se
     """The unit graphs of a reference and a pruned (masked) model (the reference's t* and t_sat on demand).
 
     ``masks`` apply to ``pruned_model`` and ``reference_masks`` to the reference; ``extra_edges`` are the pruned
-    model's skip edges (skip branches added by the ``skip`` edit are found automatically). The pruned model must
-    have the reference's layer shapes (masked, not physically shrunk: kept indices are not recorded).
+    model's skip edges (skip branches added by the ``skip`` edit are found automatically). The pruned model has the
+    reference's layer shapes (masked), or was physically shrunk by :func:`connprune.surgery.shrink.shrink`, which
+    records the kept units: it is mapped back with :func:`unshrunk` (removed units become isolated nodes).
     """
     ref_widths, pruned_widths = _widths(reference_model), _widths(pruned_model)
     if ref_widths != pruned_widths:
         changed = sorted(k for k in ref_widths if pruned_widths.get(k) != ref_widths[k])
-        raise UserError(f"the pruned model's layers differ in shape from the reference's ({', '.join(changed[:3])}"
-                        "); F compares the same units, so it needs a masked (unshrunk) model — prune with "
-                        "--no-shrink, or compare against a reference of the same architecture")
+        if not getattr(pruned_model, KEPT_UNITS, None):
+            raise UserError(f"the pruned model's layers differ in shape from the reference's "
+                            f"({', '.join(changed[:3])}) and it records no kept unit indices; F compares the same "
+                            "units, so it needs a masked (unshrunk) model — prune with --no-shrink — or one shrunk "
+                            "by this connprune, or a reference of the same architecture")
+        pruned_model, masks = unshrunk(reference_model, pruned_model, masks)
     reference = unit_graph(reference_model, input_shape, masks=reference_masks, weighted=weighted, taps=taps)
     pruned = unit_graph(pruned_model, input_shape, masks=masks, weighted=weighted, extra_edges=extra_edges, taps=taps)
     return HeatComparison(reference, pruned, k_fraction, tolerance)
+
+
+def unshrunk(reference_model: nn.Module, shrunk_model: nn.Module,
+             masks: Mapping[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A copy of ``reference_model`` holding ``shrunk_model``'s conv/linear weights at the rows and columns they had
+    before shrinking (:data:`~connprune.surgery.shrink.KEPT_UNITS`), zero elsewhere, and masks to match (removed
+    entries masked): its unit graph has the reference's nodes, removed units with no edges (isolated)."""
+    kept = getattr(shrunk_model, KEPT_UNITS, None) or {}
+    expanded = copy.deepcopy(reference_model)
+    shrunk = dict(shrunk_model.named_modules())
+    full_masks: dict[str, torch.Tensor] = {}
+    for name, module in expanded.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name not in shrunk:
+            continue
+        weight, key = shrunk[name].weight.detach(), f"{name}.weight"
+        rows = kept.get(name, {}).get("out", list(range(weight.shape[0])))
+        cols = kept.get(name, {}).get("in", list(range(weight.shape[1])))
+        if (len(rows), len(cols)) != tuple(weight.shape[:2]) or \
+                max(rows, default=0) >= module.weight.shape[0] or max(cols, default=0) >= module.weight.shape[1]:
+            raise UserError(f"layer {name!r}: the recorded kept units ({len(rows)} × {len(cols)}) do not match its "
+                            f"weight {tuple(weight.shape)} inside the reference's {tuple(module.weight.shape)}; "
+                            "compare with the reference it was pruned from")
+        mask = masks.get(key) if masks else None
+        block = torch.zeros(module.weight.shape, dtype=torch.bool)
+        index = (torch.tensor(rows)[:, None], torch.tensor(cols)[None, :])
+        block[index] = True if mask is None else mask.cpu().to(torch.bool)
+        with torch.no_grad():
+            module.weight.zero_()
+            module.weight[index] = weight.to(module.weight.device, module.weight.dtype)
+        full_masks[key] = block
+    return expanded, full_masks
 
 
 def heat_distance(reference_model: nn.Module, pruned_model: nn.Module, input_shape: Sequence[int],

@@ -59,6 +59,13 @@ from connprune.surgery.masks import check_masks
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 
+KEPT_UNITS = "connprune_kept_units"
+"""Attribute :func:`shrink` sets on the model: module name → ``{"out": [...], "in": [...]}``, the indices (in the
+model as first built) of the weight rows and columns each shrunk layer still holds; across repeated shrinks they
+compose. :mod:`connprune.checkpoint` saves it in ``model.json`` (``kept_units``), and
+:func:`connprune.measure.heat.compare` uses it to map a shrunk model's units back onto its unshrunk reference (removed
+units become isolated nodes)."""
+
 
 # ------------------------------------------------------------------------------------------------------------ helpers
 
@@ -598,4 +605,21 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor], example_inputs: 
     if plan.fold:
         _fold(model, graph, plan.fold, plan.captured, plan.remove)
     record = _prune(graph, plan.remove)
+    _record_kept(model, record)
     return model, _reindex(masks, record, dict(model.named_parameters()))
+
+
+def _record_kept(model: nn.Module, record: Mapping[str, Mapping[str, list[int]]]) -> None:
+    """Update the model's :data:`KEPT_UNITS` with one :func:`_prune` record (removed positions of this shrink)."""
+    kept: dict[str, dict[str, list[int]]] = getattr(model, KEPT_UNITS, None) or {}
+    modules = dict(model.named_modules())
+    for name, removed in record.items():
+        weight = modules[name].weight
+        for side, dim in (("out", 0), ("in", 1)):
+            if not removed.get(side) or weight.dim() <= dim:
+                continue
+            before = weight.shape[dim] + len(set(removed[side]))
+            earlier = kept.get(name, {}).get(side, list(range(before)))
+            gone = set(removed[side])
+            kept.setdefault(name, {})[side] = [index for position, index in enumerate(earlier) if position not in gone]
+    setattr(model, KEPT_UNITS, kept)
