@@ -166,7 +166,7 @@ class Fold:
 class LayerSparsityParams(MethodParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
 
-    lam: float = Field(0.5, ge=0, alias="lambda")
+    lam: float = Field(1.0, ge=0, alias="lambda")
     """λ, the penalty's weight (``--param lambda=...``; ``lam`` in Python)."""
     lambda_path: list[float] | None = None
     """A grid of λ trained in increasing order, warm-started; the kept λ is chosen as in the module docstring."""
@@ -184,9 +184,10 @@ class LayerSparsityParams(MethodParams):
     """Put each layer's bias in its penalty group."""
     nonnegative_input: bool = False
     """Declare the network input ≥ 0 so the first layer is penalised too (checked on the training data)."""
-    input_scaling: Literal["none", "nonneg"] = "none"
+    input_scaling: Literal["auto", "none", "nonneg"] = "auto"
     """``nonneg``: penalise the first (Linear) layer as a map of the shifted input ``x − lo ≥ 0`` (``lo``: the
-    normalisation's image of pixel 0, else the training data's per-feature minimum), so it can merge too."""
+    normalisation's image of pixel 0, else the training data's per-feature minimum), so it can merge too; ``auto``:
+    ``nonneg`` for a Linear first layer on a data set with a normalisation, else ``none``."""
     bn_threshold: float = Field(0.05, ge=0)
     """A layer followed by BatchNorm counts as inactive when ‖neg([W', b'])‖ ≤ this·‖[W', b']‖ of its BN-folded
     weights at the end; its negatives are then projected to 0 (the running statistics move after the last proximal
@@ -350,7 +351,7 @@ class LayerSparsity(RegularisedMethod):
 
     def start(self, model: nn.Module, sparsity: Sparsity, data: PruneData | None = None, **schedule: Any) -> None:
         p = self.params
-        if p.nonnegative_input and p.input_scaling != "none":
+        if p.nonnegative_input and p.input_scaling == "nonneg":
             raise UserError("nonnegative_input=true and input_scaling=nonneg both make the first layer penalisable; "
                             "pass one of them")
         if p.nonnegative_input and data is not None and data.train is not None:
@@ -358,8 +359,8 @@ class LayerSparsity(RegularisedMethod):
             if low < 0:
                 raise UserError(f"nonnegative_input=true but the normalised training inputs reach {low:.3f} < 0 "
                                 "(the data set is mean-normalised); pass input_scaling=nonneg instead")
-        self.floor = None
-        if p.input_scaling == "nonneg":
+        self.floor, self.input_scaling = None, self._input_scaling(model, data)
+        if self.input_scaling == "nonneg":
             if data is None or data.train is None:
                 raise UserError("input_scaling=nonneg reads the training data's range: pass PruneData(train=...)")
             self.floor = input_floor(model, data.train)
@@ -369,8 +370,18 @@ class LayerSparsity(RegularisedMethod):
                             f"({'; '.join(f'{k}: {v}' for k, v in self.skipped.items())}); use a deeper ReLU MLP "
                             "such as --model mlp with several widths")
         self.folds = layer_folds(model, self.links, self.floor)
-        self.lam = p.lam
+        self.lam, self.lr_sum = p.lam, 0.0
         super().start(model, sparsity, data, **schedule)
+
+    def _input_scaling(self, model: nn.Module, data: PruneData | None) -> str:
+        """``input_scaling`` with ``auto`` resolved (see :class:`LayerSparsityParams`)."""
+        p = self.params
+        if p.input_scaling != "auto":
+            return p.input_scaling
+        links = merge.chain(model)
+        first = model.get_submodule(links[0].layer) if links else None
+        normalised = data is not None and isinstance(data.train, ImageData) and bool(data.train.info.mean)
+        return "nonneg" if isinstance(first, nn.Linear) and normalised and not p.nonnegative_input else "none"
 
     def penalty_groups(self, model: nn.Module) -> list[PenaltyGroup]:
         groups = layer_groups(self.folds, self.lam, self.params.group_scale, self.params.penalise_bias)
@@ -378,8 +389,23 @@ class LayerSparsity(RegularisedMethod):
         return groups
 
     def on_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        lr = float(optimizer.param_groups[0]["lr"])
+        self.lr_sum += lr
         for hook in self.hooks:
-            penalty_step(hook.groups, float(optimizer.param_groups[0]["lr"]), hook.solver, hook.prox, hook.value)
+            penalty_step(hook.groups, lr, hook.solver, hook.prox, hook.value)
+
+    def _why_none(self, lam_j: dict[str, float]) -> str | None:
+        """Why no layer became inactive (docs/methods/layer-sparsity.md §3 step 7): each layer's remaining negative
+        part against the total proximal threshold ``λ_j·Σ_t η_t`` the training applied to it."""
+        if not self.lr_sum or not self.lam:
+            return None
+        with torch.no_grad():
+            left = {name: float(fold.value(True)) for name, fold in self.folds.items()}
+        name = min(left, key=left.get)
+        budget = lam_j[name] * self.lr_sum
+        return (f"no layer became inactive: the closest, {name}, keeps a negative part of norm {left[name]:.3g} after "
+                f"proximal steps of total threshold λ·Σlr = {budget:.3g}; pass a larger --param lambda (at least about "
+                f"{self.lam * (1 + left[name] / budget):.2g}) or more --epochs")
 
     def description(self) -> str:
         return f"layer-sparsity λ={self.params.lam:g}"
@@ -434,8 +460,12 @@ class LayerSparsity(RegularisedMethod):
         lam_j = {g.name: g.weight for g in layer_groups(self.folds, self.lam, p.group_scale, p.penalise_bias)}
         with torch.no_grad():
             penalty = sum(lam_j[name] * float(fold.value(p.penalise_bias)) for name, fold in self.folds.items())
+        why = None if inactive else self._why_none(lam_j)
+        if why:
+            info["no_layer_removed"] = why
+            warnings.warn(f"layer-sparsity: {why}", stacklevel=2)
         info.update({
-            "lambda": self.lam, "solver": p.solver, "input_scaling": p.input_scaling,
+            "lambda": self.lam, "solver": p.solver, "input_scaling": self.input_scaling,
             "penalised_layers": list(self.folds), "not_penalised": self.skipped, "inactive_layers": inactive,
             "active_layers": len(self.folds) - len(inactive), "merge_runs": runs,
             "depth_before": depth_before, "depth_after": merge.depth(merged),
