@@ -306,3 +306,31 @@ def test_trained_ghost_guides_the_masks_at_the_same_budget(digits_train):
     assert not torch.equal(ghost_keep(ghost, 0.5), ghost_keep(measured.ghosts["fc3"], 0.5))
     with pytest.raises(UserError, match="ghost_rate"):
         methods.create("gcnet", ghost_rate=2.5)
+
+
+@pytest.mark.parametrize("params", [dict(hybrid_split=1), dict(hybrid_split=0.33, path_aware=True)])
+def test_iterative_schedule_reaches_each_step_target(digits_train, params):
+    from connprune.methods.iterative import prune_in_steps, step_targets
+
+    model = lenet()
+    reference = count_prunable(model)
+    seen = []
+
+    def between(current, masks, step):  # stands for the fine-tune: earlier zeros must stay zero and counted
+        weights = prunable_weights(current)
+        seen.append(sum(int((weights[k].detach() != 0).logical_and(masks.get(k, True)).sum()) for k in weights))
+
+    method = methods.create("gcnet", probe_per_class=40, **params)
+    pruned, masks, result = prune_in_steps(method, model, 0.9, PruneData(train=digits_train), steps=3,
+                                           between=between)
+    weights = prunable_weights(pruned)
+    final = sum(int((weights[k].detach() != 0).logical_and(masks.get(k, True)).sum()) for k in weights)
+    targets = step_targets(0.9, 3, "cubic")
+    unit = result.info["budget_unit"]
+    for kept, target in zip(seen + [final], targets):
+        assert abs(kept - round((1 - target) * reference)) <= unit
+    assert [s["target"] for s in result.info["steps"]] == targets
+    split = 2 if params["hybrid_split"] == 0.33 else 1
+    modes = result.info["gcnet_layer_modes"]
+    assert [modes[k] for k in ("conv1.weight", "conv2.weight", "fc1.weight")] == (
+        ["magnitude"] * split + ["gcnet"] * (3 - split))

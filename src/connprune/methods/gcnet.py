@@ -369,14 +369,25 @@ class GCNet(PruningMethod):
                 adjust = _distribute(residual, {k: (pruned[k], weights[k].numel()) for k in direct})
                 pruned = {k: pruned[k] + adjust[k] for k in direct}
         scores = excluded_scores(importance.magnitude({key: weights[key] for key in direct}), forced)
-        for key in direct:
-            n = weights[key].numel()
-            masks[key] = importance.keep_mask(scores[key].reshape(-1), n - pruned[key]).view(weights[key].shape)
+
+        def select_direct() -> None:
+            for key in direct:
+                n = weights[key].numel()
+                masks[key] = importance.keep_mask(scores[key].reshape(-1), n - pruned[key]).view(weights[key].shape)
+
+        select_direct()
         if p.path_aware and ghost_masks:
             counts = {name: int((m & torch.isfinite(ghosts[name])).sum()) for name, m in ghost_masks.items()}
             live = {key.removesuffix(".weight"): masks[key].reshape(masks[key].shape[0], -1).any(dim=1)
                     for key in direct}
+            before = sum(int(masks[key].sum()) for key in masks if key not in direct)
             masks.update(self._mapped(state, _path_masks(state, ghosts, counts, live), forced))
+            # entries the paths could not place (a block smaller than the count) go to the direct layers
+            short = before - sum(int(masks[key].sum()) for key in masks if key not in direct)
+            if p.match_total and short > 0:
+                adjust = _distribute(-short, {k: (pruned[k], weights[k].numel()) for k in direct})
+                pruned = {k: pruned[k] + adjust[k] for k in direct}
+                select_direct()
         masks = {key: masks[key].to(weights[key].device) for key in weights if key in masks}
         for key in weights:  # modules outside the traced graph (never called) keep everything
             masks.setdefault(key, torch.ones_like(weights[key], dtype=torch.bool))
