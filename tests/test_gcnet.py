@@ -334,3 +334,16 @@ def test_iterative_schedule_reaches_each_step_target(digits_train, params):
     modes = result.info["gcnet_layer_modes"]
     assert [modes[k] for k in ("conv1.weight", "conv2.weight", "fc1.weight")] == (
         ["magnitude"] * split + ["gcnet"] * (3 - split))
+
+
+def test_block_l1_control_prunes_whole_connections_by_their_weights(digits_train):
+    model = lenet()
+    result = prune(model, 0.5, digits_train, hybrid_split=4, measure="block_l1")
+    # a linear child reading a vector has one weight per connection: the control is magnitude on it
+    assert torch.equal(result.masks["fc3.weight"], ghost_keep(model.fc3.weight.detach().abs(), 0.5))
+    sliced = prune(model, 0.6, digits_train, hybrid_split=1, measure="block_l1").masks["conv2.weight"].flatten(2)
+    assert torch.equal(sliced.all(dim=2), sliced.any(dim=2))  # whole kernel slices
+    norms = model.conv2.weight.detach().abs().flatten(2).sum(dim=2)
+    assert norms[sliced[:, :, 0]].min() > norms[~sliced[:, :, 0]].median()  # kept slices are the heavy ones
+    with pytest.raises(UserError, match="block_l1"):
+        prune(model, 0.5, digits_train, measure="block_l1", ghost_steps=3)

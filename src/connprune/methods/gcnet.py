@@ -65,8 +65,10 @@ class GCNetParams(MethodParams):
     hybrid_split: float = 0.33
     """``b``: the first ``b`` prunable layers are pruned directly by magnitude. An integer ≥ 1 is a count
     (1 = GC-Net wherever a ghost parent exists; L = pure magnitude), a value in (0, 1) a fraction of the depth."""
-    measure: Literal["pearson", "mi"] = "pearson"
-    """Connectivity measure (reconstructed): per-class |Pearson| (lab code) or EDGE MI as a Linfoot coefficient."""
+    measure: Literal["pearson", "mi", "block_l1"] = "pearson"
+    """Connectivity measure (reconstructed): per-class |Pearson| (lab code) or EDGE MI as a Linfoot coefficient;
+    ``block_l1`` is a control, not GC-Net: the ghost entry is the mean |w| of the connection's weights, i.e.
+    magnitude pruning at GC-Net's granularity (kernel slices / column blocks) with the same split and budget."""
     site: Literal["post", "module"] = "post"
     """Activation site (reconstructed): what the next layer reads (after BN/ReLU/pooling) or the module outputs."""
     probe_per_class: int = Field(100, ge=2)
@@ -137,6 +139,12 @@ def ghost_keep_global(ghosts: dict[str, torch.Tensor], block: dict[str, int],
         masks[n] = keep[offset : offset + ghosts[n].numel()].view(ghosts[n].shape)
         offset += ghosts[n].numel()
     return masks
+
+
+def block_magnitude(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """The block-L1 control's ghost (units, channels): mean |w| over each connection's weights (docs/methods/gcnet.md
+    §2 "Mapping back": a conv kernel slice, or the ``H·W`` columns of a flattened channel)."""
+    return weight.detach().abs().reshape(weight.shape[0], channels, -1).mean(dim=2).to(torch.float64).cpu()
 
 
 def _top(values: torch.Tensor, count: int) -> torch.Tensor:
@@ -319,13 +327,18 @@ class GCNet(PruningMethod):
         weights = {key: w.detach() for key, w in prunable_weights(model).items()}
         order = [f"{layer}.weight" for layer in graph.layers if f"{layer}.weight" in weights]
         split = resolve_split(p.hybrid_split, len(order))
+        if p.measure == "block_l1" and p.ghost_steps:
+            raise UserError("ghost_steps trains a connectivity ghost; the block_l1 control has none: drop "
+                            "--param ghost_steps or use measure=pearson")
         direct_part = set(order[:split])
         guided = [g for g in ghost_layers(graph, include_shortcuts=p.include_shortcuts,
                                           include_classifier=p.include_classifier)
                   if f"{g.child}.weight" not in direct_part and f"{g.child}.weight" in weights]
         ghosts: dict[str, torch.Tensor] = {}
         seconds = 0.0
-        if guided and sparsity > 0:
+        if guided and sparsity > 0 and p.measure == "block_l1":
+            ghosts = {g.child: block_magnitude(weights[f"{g.child}.weight"], g.channels) for g in guided}
+        elif guided and sparsity > 0:
             assert data.train is not None
             connectivity = network_connectivity(
                 model, data.train, graph, layers=guided, per_class=p.probe_per_class, site=p.site, measure=p.measure,
