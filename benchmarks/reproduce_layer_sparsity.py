@@ -38,20 +38,31 @@ from connprune import data, methods, models  # noqa: E402
 from connprune.data import ImageData  # noqa: E402
 from connprune.experiments.jobs import prune_model  # noqa: E402
 from connprune.measure.latency import compare_latency  # noqa: E402
-from connprune.methods.layer_sparsity import (  # noqa: E402
-    layer_groups,
-    merge_runs,
-    negative_part_norm,
-    penalisable_links,
-    prox_negative_part,
-    subset,
-)
+from connprune.methods.layer_sparsity import layer_folds, layer_groups, merge_runs, penalisable_links  # noqa: E402
+from connprune.methods.regularisers import negative_part_norm, prox_negative_part  # noqa: E402
 from connprune.surgery import merge  # noqa: E402
 from connprune.utils.io import read_json  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAPER_NOTE = ("Hebiri & Lederer's result tables were not retrievable (spec layer_sparsity.md §6): no paper numbers "
               "are quoted; everything here is our reconstruction.")
+CLASSES = 10  # digits and Fashion-MNIST
+COLLAPSED = 1.5 / CLASSES
+"""A layer-sparsity run whose penalised (= merged) test accuracy is at most 1.5 × chance has collapsed: its depth
+says how far the penalty destroyed the network, not what it removes at a usable accuracy, so it is labelled
+"collapsed" instead of being reported as a depth result."""
+
+
+def collapsed(row: dict[str, Any]) -> bool:
+    """Whether a classification row (or a λ-path point) is a collapsed run (see :data:`COLLAPSED`)."""
+    if "method" in row:
+        return row["method"].startswith("layer-sparsity") and row["acc_regularised"] <= COLLAPSED
+    return row["validation_accuracy"] <= COLLAPSED
+
+
+def labelled(rows: list[dict[str, Any]], hidden: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``rows`` with each collapsed one's ``hidden`` columns replaced by "collapsed"."""
+    return [{**row, **{key: "collapsed" for key in hidden if key in row}} if collapsed(row) else row for row in rows]
 
 
 # ------------------------------------------------------------------------------------------------ 1. simulation
@@ -82,8 +93,8 @@ def _teacher(d: int, width: int, layers: int, active: int, generator: torch.Gene
 def _fit_regression(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, lam: float,
                     generator: torch.Generator, nonnegative_input: bool) -> None:
     """Adam on the mean squared error, with the proximal layer penalty (step ``lr·λ``) after every step (spec §3)."""
-    links, _ = penalisable_links(model, nonnegative_input) if lam > 0 else ([], {})
-    groups = layer_groups(model, links, lam, "none", True)
+    links, _ = penalisable_links(model, first_layer=nonnegative_input) if lam > 0 else ([], {})
+    groups = layer_groups(layer_folds(model, links), lam, "none", True)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
@@ -164,8 +175,10 @@ def he_initialise(model: nn.Module) -> nn.Module:
 def classification(name: str, train: ImageData, test: ImageData, widths: list[int], epochs: int,
                    refit_epochs: int, args: argparse.Namespace,
                    gate: QuietGate) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    runs = [("unregularised", "layer-sparsity", {"lambda": 0.0})]
-    runs += [(f"layer-sparsity λ={lam:g}", "layer-sparsity", {"lambda": lam}) for lam in args.lambdas if lam > 0]
+    scaling = {"input_scaling": args.input_scaling}
+    runs = [("unregularised", "layer-sparsity", {"lambda": 0.0, **scaling})]
+    runs += [(f"layer-sparsity λ={lam:g}", "layer-sparsity", {"lambda": lam, **scaling})
+             for lam in args.lambdas if lam > 0]
     runs += [(f"l1-reg λ={lam:g}", "l1-reg", {"lambda": lam}) for lam in args.l1_lambdas]
     runs += [(f"group-l1 λ={lam:g}", "group-l1", {"lambda": lam}) for lam in args.group_lambdas]
     channels, size, _ = train.info.input_shape
@@ -204,7 +217,7 @@ def warm_path(train: ImageData, test: ImageData, widths: list[int], args: argpar
                                         in_channels=channels, input_size=size))
     grid = [lam for lam in args.lambdas if lam > 0]
     method = methods.create("layer-sparsity", lambda_path=grid, epochs_per_lambda=args.path_epochs,
-                            refit_epochs=args.digits_refit_epochs)
+                            refit_epochs=args.digits_refit_epochs, input_scaling=args.input_scaling)
     epochs = args.path_epochs * len(grid) + args.digits_refit_epochs
     pruned, _, metrics = prune_model(model, method, "auto", train, test, train_epochs=epochs, progress=False)
     return {"grid": grid, "epochs_per_lambda": args.path_epochs, "path": metrics["lambda_path"],
@@ -265,7 +278,9 @@ def plot(rows: list[dict[str, Any]], sim_rows: list[dict[str, Any]], path: Path)
     fig, axes = plt.subplots(3, columns, figsize=(5.5 * columns, 11), squeeze=False)
     for column, name in enumerate(datasets):
         mine = [r for r in rows if r["data"] == name]
-        ls = sorted((r for r in mine if r["method"].startswith("layer-sparsity")), key=lambda r: r["lambda"])
+        ls = sorted((r for r in mine if r["method"].startswith("layer-sparsity") and not collapsed(r)),
+                    key=lambda r: r["lambda"])
+        gone = ", ".join(f"λ={r['lambda']:g}" for r in mine if collapsed(r))
         ax = axes[0][column]
         ax.scatter([r["depth"] for r in ls], [r["acc_refit"] for r in ls], marker="o", label="layer sparsity + refit")
         ax.scatter([r["depth"] for r in ls], [r["acc_regularised"] for r in ls], marker="x",
@@ -290,7 +305,8 @@ def plot(rows: list[dict[str, Any]], sim_rows: list[dict[str, Any]], path: Path)
         twin = path_ax.twinx()
         twin.semilogx([r["lambda"] for r in positive], [r["depth"] for r in positive], "s--", color="C3")
         twin.set_ylabel("depth after merge", color="C3")
-        path_ax.set_title(f"{name}: λ path (one run per λ)")
+        path_ax.set_title(f"{name}: λ path (one run per λ)" + (f"; collapsed, not shown: {gone}" if gone else ""),
+                          fontsize=9)
     sim_ax = axes[2][0]
     if sim_rows:
         sim_ax.plot([r["lambda"] for r in sim_rows], [r["recovered_active_hidden"] for r in sim_rows], "o-",
@@ -308,6 +324,62 @@ def plot(rows: list[dict[str, Any]], sim_rows: list[dict[str, Any]], path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def shrunk_note(saved: dict[str, Any]) -> str:
+    """How the run was shrunk from the design's protocol, from the saved settings."""
+    st = saved["settings"]
+    fmnist = saved.get("fmnist_note") or saved.get("shrunk", "").partition("Fashion-MNIST: ")[2].partition(";")[0]
+    return (f"CPU-sized: classification MLPs {st['depth']}x{st['width']}, the data sets' default SGD recipes "
+            f"(lr 0.05 cosine, momentum 0.9; proximal step lr·λ), trained {st['epochs']} epochs in all on "
+            f"Fashion-MNIST ({st['epochs'] - st['refit_epochs']} penalised + {st['refit_epochs']} refit) and "
+            f"{st['digits_epochs']} on digits ({st['digits_epochs'] - st['digits_refit_epochs']} + "
+            f"{st['digits_refit_epochs']}); the spec says 100 + 50, one seed (spec: 5); Fashion-MNIST: {fmnist}; "
+            f"simulation {st['sim_epochs']}+{st['sim_refit_epochs']} epochs on {st['sim_n']} samples; latency batch "
+            f"{st['latency_batch']}, 1 thread.")
+
+
+def render(saved: dict[str, Any], out: Path) -> None:
+    """The Markdown report and the PNG from the saved JSON; collapsed runs (:data:`COLLAPSED`) are labelled, not
+    reported as depths."""
+    st = saved["settings"]
+    class_rows, path = saved["classification"], saved.get("warm_lambda_path_digits") or {}
+    if class_rows:
+        plot(class_rows, saved["simulation"], out / "layer_sparsity.png")
+    scaling = st.get("input_scaling", "none")
+    first = (f"penalised too (`input_scaling={scaling}`)" if scaling != "none" else
+             "not penalised: its inputs are mean-normalised (`input_scaling=none`"
+             + ("" if "input_scaling" in st else "; this run predates the option") + ")")
+    columns = ["data", "method", "lambda", "depth", "active_hidden", "params", "nonzero_params", "acc_regularised",
+               "acc_refit", "latency_ms", "merge_rel_error", "seconds"]
+    shown = labelled(class_rows, ("depth", "active_hidden", "params", "nonzero_params", "latency_ms"))
+    refitted_pick = bool(path) and "penalised_accuracy" in path["path"][0]
+    pick = ("on the merged and refitted network's held-out accuracy" if refitted_pick else
+            "on the penalised network's held-out accuracy (this run predates the refitted pick)")
+    path_text = "not run"
+    if path:
+        path_text = (f"Kept λ = {path['chosen_lambda']:g} (fewest active layers within 1% of the best held-out "
+                     f"accuracy, {pick}): depth {path['depth_after']}, accuracy {path['acc_merged']:.4f} merged, "
+                     f"{path['acc_refit']:.4f} refitted.\n\n" + markdown_table(labelled(path["path"], ("depth",))))
+    latency = saved.get("parts", {}).get("latency", {})
+    save_text(out / "layer_sparsity.md", "\n".join([
+        "# Layer sparsity (reconstructed) — CPU-sized reproduction", "", saved["paper"], "", shrunk_note(saved), "",
+        "## Simulation: does the method recover the teacher's active layers?", "", markdown_table(saved["simulation"]),
+        f"## Classification (MLP {st['depth']} hidden x {st['width']})", "",
+        f"The first layer is {first}. `acc_regularised` is after the penalised training, which the exact merge does "
+        "not change; `acc_refit` after the refit. `params` counts the stored parameters (l1-reg keeps its zeros "
+        f"stored; `nonzero_params` counts the rest). Latency: batch {st['latency_batch']}, 1 thread, interleaved "
+        f"rounds, median. **collapsed**: the penalised network's accuracy is at most {COLLAPSED:.2f} (1.5 × chance): "
+        "the penalty destroyed it, so its depth is not a result.", "",
+        markdown_table(shown, columns), "![accuracy vs depth and the λ path](layer_sparsity.png)", "",
+        "## The method's warm-started λ path on digits (option `lambda_path`)", "", path_text, "",
+        "## Latency of a 10-hidden-layer MLP merged to its active depth", "",
+        f"Measured {latency.get('finished', '?')}, load average "
+        f"{latency.get('machine', {}).get('load_average')} (shared 2-core machine).", "",
+        markdown_table(saved["latency"]), ""]))
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -349,11 +421,13 @@ def main() -> None:
     parser.add_argument("--latency-width", type=int, default=512)
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument("--latency-rounds", type=int, default=7)
-    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the saved JSON")
+    parser.add_argument("--input-scaling", choices=["auto", "none", "nonneg"], default="auto",
+                        help="layer-sparsity's input_scaling (auto: the first layer is penalised too)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the Markdown and the PNG from the saved JSON (nothing is run)")
     args = parser.parse_args()
-    if args.plot_only:
-        saved = read_json(args.out / "layer_sparsity.json")
-        plot(saved["classification"], saved["simulation"], args.out / "layer_sparsity.png")
+    if args.render_only:
+        render(read_json(args.out / "layer_sparsity.json"), args.out)
         return
     torch.set_num_threads(args.threads)
     gate = QuietGate(threshold=0.5, budget=90.0)
@@ -381,8 +455,8 @@ def main() -> None:
     if not args.skip_fmnist:
         train = data.load("fashion-mnist", "train", args.data_dir)
         if args.fmnist_train:
-            train = subset(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-                           [:args.fmnist_train])
+            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+                                 [:args.fmnist_train])
         fmnist_rows, _ = classification("fashion-mnist", train, data.load("fashion-mnist", "test", args.data_dir),
                                         widths, args.epochs, args.refit_epochs, args, gate)
         class_rows += fmnist_rows
@@ -418,37 +492,15 @@ def main() -> None:
         path = previous.get("warm_lambda_path_digits", {})
     if "latency" not in args.parts:
         latency_rows = previous.get("latency", [])
-    if class_rows:
-        plot(class_rows, sim_rows, args.out / "layer_sparsity.png")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    shrunk = (f"CPU-sized: classification MLPs {args.depth}x{args.width}, the data sets' default SGD recipes "
-              f"(lr 0.05 cosine, momentum 0.9; proximal step lr·λ), trained {args.epochs} epochs in all on "
-              f"Fashion-MNIST ({args.epochs - args.refit_epochs} penalised + {args.refit_epochs} refit) and "
-              f"{args.digits_epochs} on digits ({args.digits_epochs - args.digits_refit_epochs} + "
-              f"{args.digits_refit_epochs}); the spec says 100 + 50, "
-              f"one seed (spec: 5); Fashion-MNIST: {fmnist_note}; simulation {args.sim_epochs}+"
-              f"{args.sim_refit_epochs} epochs on {args.sim_n} samples; latency batch {args.latency_batch}, 1 thread.")
-    save_results(args.out / "layer_sparsity.json", {
-        "benchmark": "reproduce_layer_sparsity", "machine": machine(), "settings": settings, "shrunk": shrunk,
-        "paper": PAPER_NOTE, "simulation": sim_rows, "classification": class_rows, "warm_lambda_path_digits": path,
-        "latency": latency_rows, "quiet_gate": gate.summary(), "parts": parts_info,
-        "reused_from_previous_run": reused, "seconds": round(time.perf_counter() - started, 1)})
-    save_text(args.out / "layer_sparsity.md", "\n".join([
-        "# Layer sparsity (reconstructed) — CPU-sized reproduction", "", PAPER_NOTE, "", shrunk, "",
-        "## Simulation: does the method recover the teacher's active layers?", "", markdown_table(sim_rows),
-        f"## Classification (MLP {args.depth} hidden x {args.width})", "",
-        "`acc_regularised` is after the penalised training, which the exact merge does not change; `acc_refit` after "
-        "the refit. `params` counts the stored parameters (l1-reg keeps its zeros stored; `nonzero_params` counts "
-        "the rest). Latency: batch {0}, 1 thread, interleaved rounds, median.".format(args.latency_batch), "",
-        markdown_table(class_rows, columns), "![accuracy vs depth and the λ path](layer_sparsity.png)", "",
-        "## The method's warm-started λ path on digits (option `lambda_path`)", "",
-        (f"Kept λ = {path['chosen_lambda']:g} (fewest active layers within 1% of the best held-out accuracy): depth "
-         f"{path['depth_after']}, accuracy {path['acc_merged']:.4f} merged, {path['acc_refit']:.4f} refitted.\n\n"
-         + markdown_table(path["path"])) if path else "not run", "",
-        "## Latency of a 10-hidden-layer MLP merged to its active depth", "",
-        f"Measured {parts_info.get('latency', {}).get('finished', '?')}, load average "
-        f"{parts_info.get('latency', {}).get('machine', {}).get('load_average')} (shared 2-core machine).", "",
-        markdown_table(latency_rows), ""]))
+    saved = {
+        "benchmark": "reproduce_layer_sparsity", "machine": machine(), "settings": settings,
+        "fmnist_note": fmnist_note, "paper": PAPER_NOTE, "simulation": sim_rows, "classification": class_rows,
+        "warm_lambda_path_digits": path, "latency": latency_rows, "quiet_gate": gate.summary(), "parts": parts_info,
+        "reused_from_previous_run": reused, "seconds": round(time.perf_counter() - started, 1)}
+    saved["shrunk"] = shrunk_note(saved)
+    save_results(args.out / "layer_sparsity.json", saved)
+    render(saved, args.out)
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 
