@@ -160,37 +160,54 @@ def test_penalty_lowers_spectral_radius(digits_train) -> None:
     assert results[1e-2]["final_exact_ggn_lambda_max"] < results[0.0]["final_exact_ggn_lambda_max"]
 
 
-def _user_loop(beta: float, digits_train) -> dict:
-    """A plain PyTorch loop (a DataLoader, torch's SGD, no connprune trainer) with K-FAC's public hooks."""
+def _user_loop(beta: float, digits_train, epochs: int = 9) -> tuple[dict, list[tuple[float, float]]]:
+    """A plain PyTorch loop (a DataLoader, torch's SGD, no connprune trainer) with K-FAC's public hooks; returns
+    the method's info and, per epoch, the loop's own sums of the penalty term and of the cross-entropy."""
     x, y = next(iter(Batches(digits_train, len(digits_train))))
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     model = _mlp([32], seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     method = methods.create("kfac", beta=beta, g_mode="full", stat_every=1, eig_every=5, ema=0.9,
                             exact_eigenvalue=True)
-    epochs, step = 9, 0
+    step, sums = 0, []
     method.start(model, 0.0, methods.PruneData(train=loader), optimizer=optimizer, steps_per_epoch=len(loader),
                  epochs=epochs)
     for epoch in range(1, epochs + 1):
         model.train()
+        penalty_sum = ce_sum = 0.0
         for inputs, targets in loader:
             outputs = model(inputs)
-            loss = nn.functional.cross_entropy(outputs, targets) + method.penalty(model, outputs, targets)
+            ce, term = nn.functional.cross_entropy(outputs, targets), method.penalty(model, outputs, targets)
+            loss = ce + term
+            penalty_sum, ce_sum = penalty_sum + term.item(), ce_sum + ce.item()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
             method.on_step(step, model, optimizer)
         method.on_epoch_end(epoch, model, optimizer)
-    return method.finalize(model).info
+        sums.append((penalty_sum, ce_sum))
+    return method.finalize(model).info, sums
 
 
 def test_penalty_lowers_the_exact_ggn_eigenvalue_from_a_plain_user_loop(digits_train) -> None:
     """The same claim as inside connprune's trainer (test above), with the user's own loop, optimiser and
     DataLoader driving :meth:`TrainingMethod.start`/``penalty``/``on_step``/``on_epoch_end``/``finalize``."""
-    plain, penalised = _user_loop(0.0, digits_train), _user_loop(1e-2, digits_train)
+    (plain, _), (penalised, _) = _user_loop(0.0, digits_train), _user_loop(1e-2, digits_train)
     assert penalised["final_exact_ggn_lambda_max"] < plain["final_exact_ggn_lambda_max"]
     assert penalised["final_spectral_radius"] < plain["final_spectral_radius"]
+
+
+def test_penalty_share_of_the_loss_matches_the_loop(digits_train) -> None:
+    """info's ``penalty_share`` (per epoch and over the run) is Σ β_t·ρ̂_t / Σ (CE_t + β_t·ρ̂_t) of the terms the
+    user's loop actually added to its loss; zero for the β = 0 ablation."""
+    info, sums = _user_loop(0.5, digits_train, epochs=3)
+    expected = [penalty / (penalty + ce) for penalty, ce in sums]
+    assert info["penalty_share_epochs"] == pytest.approx(expected, rel=1e-4)
+    total_penalty, total_ce = (sum(column) for column in zip(*sums))
+    assert info["penalty_share"] == pytest.approx(total_penalty / (total_penalty + total_ce), rel=1e-4)
+    assert 0 < expected[0] < expected[-1]  # β ramps up over the first epoch
+    assert _user_loop(0.0, digits_train, epochs=1)[0]["penalty_share_epochs"] == [0.0]
 
 
 def test_no_pretraining_needed(tmp_path, digits_test) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 from torch import nn
+from torch.nn import functional as F
 
 from connprune.data import DataSource, read
 from connprune.data.pipeline import Batches
@@ -225,6 +226,13 @@ def neuron_scores(kind: Importance, masks: NeuronMasks, group: ChannelGroup, kfa
     return importance.in_out_norm(group, masks.graph)
 
 
+def penalty_share(sums: torch.Tensor) -> float:
+    """β·ρ̂'s share of the training loss, ``Σ β_t·ρ̂_t / Σ (CE_t + β_t·ρ̂_t)`` over the steps whose sums (penalty,
+    cross-entropy) are ``sums``; ρ̂_t is the surrogate's value on step t's batch (docs/methods/kfac.md §2)."""
+    penalty, ce = (float(v) for v in sums)
+    return penalty / (penalty + ce) if penalty + ce > 0 else 0.0
+
+
 def diagnostic_batch(data: DataSource, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``samples`` training samples, normalised, in a fixed order (the ρ̂ / exact λmax diagnostics)."""
     held = read(data, samples=samples, who="kfac", why="diagnostic_samples")
@@ -293,6 +301,10 @@ class KFACPruning(TrainingMethod):
         self.radius_trace: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self.penalty_seconds = 0.0
+        device = next(model.parameters()).device  # sums stay there: no host sync per step
+        self.share_sums = torch.zeros(2, device=device)  # this epoch's Σ β_t·ρ̂_t and Σ CE_t, read at epoch ends
+        self.share_totals = torch.zeros(2, device=device)
+        self.penalty_shares: list[float] = []
 
     def _record(self, module: nn.Module, inputs: Any) -> None:
         """K-FAC caches the layer inputs of training forward passes only (not evaluation)."""
@@ -317,6 +329,9 @@ class KFACPruning(TrainingMethod):
                                       "penalised": self.kfac.penalty_layers(p.reduce)})
         beta = self.beta_now()
         term = beta * self.kfac.penalty(p.reduce, p.g_mode, outputs, targets) if beta > 0 else outputs.new_zeros(())
+        smoothing = self.data.recipe.label_smoothing if self.data.recipe is not None else 0.0
+        ce = F.cross_entropy(outputs.detach().float(), targets, label_smoothing=smoothing)
+        self.share_sums += torch.stack([term.detach().float(), ce])
         self.penalty_seconds += time.perf_counter() - started
         return term
 
@@ -326,8 +341,11 @@ class KFACPruning(TrainingMethod):
         self.enforcer.attach(optimizer)  # a no-op unless a user's loop gave no optimizer to start()
 
     def on_epoch_end(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """In the pruning window, deactivate the lowest-importance active neurons of every group to reach the cubic
-        schedule; pruned neurons never return."""
+        """Record the epoch's penalty share of the loss; in the pruning window, deactivate the lowest-importance
+        active neurons of every group to reach the cubic schedule; pruned neurons never return."""
+        self.penalty_shares.append(penalty_share(self.share_sums))
+        self.share_totals += self.share_sums
+        self.share_sums = torch.zeros_like(self.share_sums)
         start, end = self.window
         if not start < epoch <= end:
             return
@@ -362,7 +380,8 @@ class KFACPruning(TrainingMethod):
 
     def finalize(self, model: nn.Module) -> PruningResult:
         """The neurons to remove, the final ρ̂ (on ``diagnostic_samples`` training images, exact-expectation
-        factors, eval mode) and the run's diagnostics."""
+        factors, eval mode) and the run's diagnostics, among them the penalty's share of the loss over the run and
+        per epoch (:func:`penalty_share`)."""
         p = self.params
         self.kfac.refresh_eigen()
         running = self.kfac.spectral_radius(p.reduce)
@@ -375,6 +394,7 @@ class KFACPruning(TrainingMethod):
             "neurons_before": channels, "neurons_after": active, "neuron_targets": self.targets,
             "pruning_window_epochs": list(self.window), "schedule": self.history,
             "spectral_radius_trace": self.radius_trace, "penalty_seconds": self.penalty_seconds,
+            "penalty_share": penalty_share(self.share_totals), "penalty_share_epochs": self.penalty_shares,
         }
         if self.data.train is not None:
             x, y = diagnostic_batch(self.data.train, p.diagnostic_samples, next(model.parameters()).device)
