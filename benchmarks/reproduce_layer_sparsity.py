@@ -57,7 +57,7 @@ def collapsed(row: dict[str, Any]) -> bool:
     """Whether a classification row (or a λ-path point) is a collapsed run (see :data:`COLLAPSED`)."""
     if "method" in row:
         return row["method"].startswith("layer-sparsity") and row["acc_regularised"] <= COLLAPSED
-    return row["validation_accuracy"] <= COLLAPSED
+    return row.get("penalised_accuracy", row["validation_accuracy"]) <= COLLAPSED  # older runs: penalised only
 
 
 def labelled(rows: list[dict[str, Any]], hidden: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -37,7 +37,8 @@ Every reconstructed choice is an option here:
 * λ scale: the proximal step is ``η·λ`` with η the optimiser's learning rate, so useful λ depend on the recipe. With the
   SGD recipes here (lr 0.05, cosine) λ ≈ 0.3–3 removes layers of 128–256-wide MLPs within a few hundred steps (see
   ``benchmarks/results/layer_sparsity.md``); the grid 1e-5..1e-1 of docs/methods/layer-sparsity.md §4 is far too weak at
-  these training lengths. The default 0.5 removes the middle layer of the default MLP on Fashion-MNIST in 2 epochs.
+  these training lengths. The default 1 removes the middle layer of the default MLP on digits at its default 30
+  epochs at no accuracy cost (docs/methods/layer-sparsity.md §6); a run that removes nothing says how far it was.
 * Refit (docs/methods/layer-sparsity.md §3 step 6): ``result.train_after`` epochs without the penalty on the merged
   network, from the merged weights (``refit_init="merged"``, default) or re-initialised (``"fresh"``).
 
