@@ -2,13 +2,15 @@
 
 Part 1 — Table 3 (connectivity at initialisation, no training): for each network and density, prune a fresh
 Kaiming-initialised model with RP / N2NSkip-RP / CSP / N2NSkip-CSP / ResSkip-CSP (RP and CSP are ``n2nskip`` with
-``skip_fraction=0``: the plain pruned network at the same non-zero count; N2NSkip-CSP-chain is N2NSkip with the code
-release's one-skip-per-block placement and uniform skip masks, plain networks only), and compute
-F = ‖S_ref − S_prune‖₂ (Eq. 6, binary unit graph with the skip edges) at the dense reference's settling time t_sat
-(:func:`connprune.measure.heat.settling_time`, the headline, "saturated"), at its scree time t* (α(6 %, t*) = 0.97)
-and at t = ∞ (closed form: only units cut off from the inputs count).
-The non-zero weight counts of the methods sharing a base (RP: per-layer rounding; CSP: one global count) are checked
-equal at every density (ResSkip adds no weights).
+``skip_fraction=0``: the plain pruned network at the same non-zero count; RP is channel-level with constant fan-in
+and a dense first conv and classifier, the paper's; RP-element / N2NSkip-RP-element the element-wise variant;
+skips one per block, N2NSkip-CSP-every one starting at every layer, plain networks only), and compute
+F = ‖S_ref − S_prune‖₂ (Eq. 6, unit graph with the skip edges): weighted (|w|) at the reference's scree time t*
+(α(6 %, t*) = 0.97; the spec's Table 3 setting), and binary at the dense reference's settling time t_sat
+(:func:`connprune.measure.heat.settling_time`), at t* and at t = ∞ (closed form: only units cut off from the inputs
+count); and the MACs each network reports (skip branches run compactly: non-zeros × positions).
+The non-zero weight counts of the methods sharing a base are checked equal at every density (CSP and element-wise
+RP exactly, channel-level RP within one step of a layer, out·f²; ResSkip adds no weights).
 
 Part 2 — Table 1 / Fig. 5 (accuracy and convergence): train the pruned networks from scratch with the paper's recipe
 (SGD 0.05, momentum 0.9, wd 5e-4, batch 128, lr ×0.5 every 30 epochs; :func:`connprune.methods.n2nskip.paper_recipe`)
@@ -42,7 +44,8 @@ from common import machine, markdown_table, print_table, save_results, save_text
 
 from connprune import data, methods, models, surgery  # noqa: E402
 from connprune.measure import heat  # noqa: E402
-from connprune.measure.sparsity import count_nonzero  # noqa: E402
+from connprune.measure.cost import count_macs  # noqa: E402
+from connprune.measure.sparsity import count_nonzero, prunable_weights  # noqa: E402
 from connprune.methods import PruneData  # noqa: E402
 from connprune.methods.n2nskip import paper_recipe  # noqa: E402
 from connprune.surgery import MaskEnforcer, skips  # noqa: E402
@@ -59,10 +62,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "n2nskip-rp": ("n2nskip", {"base": "random"}),
     "csp": ("n2nskip", {"base": "snip", "skip_fraction": 0.0}),
     "n2nskip-csp": ("n2nskip", {"base": "snip"}),
-    "n2nskip-csp-chain": ("n2nskip", {"base": "snip", "placement": "chain", "layout": "uniform"}),
+    "n2nskip-csp-every": ("n2nskip", {"base": "snip", "placement": "every"}),
+    "rp-element": ("n2nskip", {"base": "random", "rp": "element", "skip_fraction": 0.0}),
+    "n2nskip-rp-element": ("n2nskip", {"base": "random", "rp": "element"}),
     "resskip-csp": ("resskip", {"base": "snip"}),
 }
-PLAIN_ONLY = {"n2nskip-csp-chain"}
+PLAIN_ONLY = {"n2nskip-csp-every"}
 """Methods whose placement needs a plain (non-residual) network."""
 # Paper Table 1 (CIFAR-10 top-1 %, mean of 5 runs) and Table 3 (F at saturation), from shared/specs/n2nskip.md §6.
 PAPER_TABLE1 = {
@@ -149,8 +154,12 @@ def main() -> None:
         t_star = heat.saturation_time(reference_graphs["all"])
         t_settled = heat.settling_time(reference_graphs["all"])
         print(f"{network}: n = {reference_graphs['all'].n}, t* = {t_star:.4g}, t_sat = {t_settled:.4g}", flush=True)
+        reference_graphs["weighted"] = heat.unit_graph(reference, SHAPE, weighted=True)
+        t_star_weighted = heat.saturation_time(reference_graphs["weighted"])
         reference_heat = {(taps, t): heat.heat_signature(reference_graphs[taps], t)  # once, not per pruned net
-                          for taps, t in (("all", t_settled), ("first", t_settled), ("all", t_star))}
+                          for taps, t in (("all", t_settled), ("first", t_settled), ("all", t_star),
+                                          ("weighted", t_star_weighted))}
+        step = max(w.numel() // w.shape[1] for w in prunable_weights(reference).values())
 
         def distance(taps: str, t: float, graph: heat.UnitGraph) -> float:
             """F(t) = ||S_ref(t) - S_prune(t)||_2 (Eq. 6) with the reference's signature computed once."""
@@ -170,12 +179,15 @@ def main() -> None:
                         row["F_all_t*"] = distance(taps, t_star, graph)
                         row["F_all_inf"] = heat.saturated_distance(reference_graphs[taps], graph)
                     row[f"isolated_{taps}"] = int((graph.adjacency.getnnz(axis=1) == 0).sum())
-                f_rows.append({**row, "nonzero_weights": nonzero, "t_star": t_star, "t_sat": t_settled,
+                weighted = heat.unit_graph(model, SHAPE, masks=masks, weighted=True)
+                row["F_weighted_t*"] = distance("weighted", t_star_weighted, weighted)
+                f_rows.append({**row, "nonzero_weights": nonzero, "macs": count_macs(model, SHAPE),
+                               "t_star": t_star, "t_star_weighted": t_star_weighted, "t_sat": t_settled,
                                "seconds": round(time.perf_counter() - started, 1)})
                 print(f_rows[-1], flush=True)
-            for base in ("rp", "csp"):  # RP keeps per-layer-rounded counts, CSP (SNIP) a global count
+            for base, slack in (("rp", step), ("csp", 0)):  # channel RP: whole input channels per output row
                 same_base = {label: count for label, count in counts.items() if base in label.split("-")}
-                if len(set(same_base.values())) > 1:
+                if same_base and max(same_base.values()) - min(same_base.values()) > slack:
                     raise SystemExit(f"non-zero counts differ at density {density}: {same_base}")
 
     # Part 2: Table 1 / Fig. 5 ----------------------------------------------------------------------------------
@@ -203,12 +215,14 @@ def main() -> None:
         "train_images": len(train), "test_images": len(test), "epochs": args.epochs,
         "recipe": recipe.model_dump(), "f_models": args.models, "f_densities": args.f_densities,
         "acc_model": args.acc_model, "acc_densities": args.acc_densities, "acc_methods": args.acc_methods,
-        "adjacency": "binary, skip edges included; conv edge = any kernel tap (all) or the [0, 0] tap (first, "
-                     "the code release's reading)",
-        "t": "F_all / F_first at the reference's settling time t_sat = ln(1e6) / lambda_2 (headline); F_all_t* at "
-             "its scree time t* (alpha(6%, t*) = 0.97); F_all_inf at t = infinity (closed form)",
-        "skips": "default n2nskip: placement every (plain nets) / blocks (ResNet), fan-in skip masks; "
-                 "n2nskip-csp-chain: placement chain, uniform masks (the previous default)",
+        "adjacency": "F_weighted_t*: weighted (|w| per kernel slice, the spec's Table 3); the others binary; skip "
+                     "edges included; conv edge = any kernel tap (all) or the [0, 0] tap (first, the code release's "
+                     "reading)",
+        "t": "F_weighted_t* at the weighted reference's scree time t* (the spec's setting); F_all / F_first at the "
+             "reference's settling time t_sat = ln(1e6) / lambda_2; F_all_t* at its scree time t* (alpha(6%, t*) = "
+             "0.97); F_all_inf at t = infinity (closed form)",
+        "skips": "default n2nskip: one skip per block (chain for plain nets, blocks for ResNet), fan-in skip masks, "
+                 "RP channel-level with constant fan-in; n2nskip-csp-every: a skip starting at every layer",
         "seconds_total": round(time.perf_counter() - started_all, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,8 +233,8 @@ def main() -> None:
     render(results, args.out)
 
 
-F_COLUMNS = ["network", "density", "method", "paper_F", "F_all", "F_first", "F_all_t*", "F_all_inf", "isolated_all",
-             "isolated_first", "nonzero_weights"]
+F_COLUMNS = ["network", "density", "method", "paper_F", "F_weighted_t*", "F_all", "F_first", "F_all_t*", "F_all_inf",
+             "isolated_all", "isolated_first", "nonzero_weights", "macs"]
 ACC_COLUMNS = ["network", "density", "method", "accuracy", "paper_accuracy", "accuracy_per_epoch"]
 
 
