@@ -215,9 +215,9 @@ def test_masked_skip_weights_stay_zero_during_training(digits_train):
                                               (resnet, "blocks"), (mlp, "every")])
 @pytest.mark.parametrize("per_target", [1, 3])
 def test_eval_mode_skips_cost_their_nonzeros_times_positions(build, placement, per_target):
-    """A sparse branch runs compactly in eval mode: the counted MACs of the skips are exactly their non-zero weights
+    """Sparse branches are counted as run compactly: the counted MACs of the skips are exactly their non-zero weights
     × output positions (brute force: the dense conv's output size, the weight's non-zeros) at constant fan-in, at
-    most one kernel slice per target unit and position more otherwise; the output is the dense masked branch's."""
+    most one kernel slice per target unit and position more otherwise; the compact output is the dense one's."""
     plain, model = build(), build()
     masks: dict[str, torch.Tensor] = {}
     for i, site in enumerate(skips.plan(model, DIGITS, placement=placement)):
@@ -245,10 +245,12 @@ def test_eval_mode_skips_cost_their_nonzeros_times_positions(build, placement, p
     if not slack:
         assert skip_macs == exact
     batch = torch.randn(4, *DIGITS)
-    compact = model(batch)
-    for branch in found.values():
-        branch.sources = None  # the dense masked computation
+    with skips.compact(model):
+        compact = model(batch)
+    assert not any(branch.compact for branch in found.values())  # restored: training and evaluation run dense
     torch.testing.assert_close(model(batch), compact, rtol=1e-5, atol=1e-5)
+    for branch in found.values():
+        branch.sources = None  # no compact form: counted dense
     assert count_macs(model, DIGITS) > skip_macs + count_macs(plain, DIGITS)
 
 

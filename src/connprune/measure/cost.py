@@ -5,7 +5,9 @@ The counter sees only matrix products and convolutions (``mm``, ``addmm``, ``bmm
 the result is the usual MAC convention of papers and tools such as thop/ptflops: every conv and linear layer's
 multiply-adds (grouped/depthwise convs counted per group, i.e. correctly), and nothing for biases, BatchNorm,
 activations, pooling or residual additions. Masked (zeroed but not removed) weights still count: the cost is that
-of the dense computation the model performs; physically shrunk models count less.
+of the dense computation the model performs; physically shrunk models count less. N2NSkip's sparse skip branches
+are the exception: they are counted as run compactly (:func:`connprune.surgery.skips.compact`), i.e. their non-zero
+weights × output positions, not as the dense masked convs they run as in training.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from connprune.graph.inputs import ExampleInputs, batch_of, for_model, is_shape
+from connprune.surgery import skips
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
     try:
         model.eval()
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
+        with torch.no_grad(), skips.compact(model), counter:
             model(*inputs)
         return int(counter.get_total_flops()) // 2
     finally:
