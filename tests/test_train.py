@@ -15,10 +15,10 @@ from connprune.train.trainer import learning_rate
 
 def test_mlp_reaches_95_percent_on_digits_in_seconds(digits_train, digits_test):
     model = build_model("mlp", digits_train.info, seed=0)
-    started = time.perf_counter()
+    started = time.process_time()  # CPU seconds of this process (all its threads): other load does not count
     result = Trainer(model, digits_train, digits_test, default_recipe("digits", epochs=20), progress=False).fit()
     assert result.final["accuracy"] >= 0.95
-    assert time.perf_counter() - started < 30
+    assert time.process_time() - started < 60
     assert len(result.history) == 20 and result.history[-1]["test_accuracy"] == result.final["accuracy"]
 
 
