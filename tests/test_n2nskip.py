@@ -117,6 +117,16 @@ def test_n2nskip_costs_about_the_plain_pruned_networks_macs(digits_train, base):
     assert plain_macs < count_macs(model, DIGITS) <= 1.2 * plain_macs
 
 
+@pytest.mark.parametrize("build", [lambda: models.create("vgg11", in_channels=1, input_size=8), resnet])
+def test_resskip_sits_where_n2nskip_does(build):
+    """Section 4.1's comparison: ResSkip's dense skips at N2NSkip's sites (one per block by default)."""
+    data = PruneData(example_inputs=DIGITS)
+    n2n = methods.create("n2nskip", base="random", rp="element").prune(build(), 0.9, data)
+    res = methods.create("resskip", base="random", rp="element").prune(build(), 0.9, data)
+    sites = [(s["source"], s["target"]) for s in n2n.info["skips"]]
+    assert sites == [(s["source"], s["target"]) for s in res.info["skips"]] and not res.info["sites_left_out"]
+
+
 def test_channel_rp_refuses_a_budget_below_its_dense_layers():
     with pytest.raises(UserError, match="rp=element"):
         methods.create("n2nskip", base="random").prune(resnet(), 0.999, PruneData(example_inputs=DIGITS))
