@@ -351,6 +351,12 @@ def test_shrunk_checkpoints_compare_like_their_masked_twins(monkeypatch, capsys,
             assert found.distance(at) == pytest.approx(expected.distance(at), rel=1e-9, abs=1e-15)
     result_json = _eval_json(monkeypatch, capsys, "--checkpoint", str(tmp_path / "shrunk"), "--connectivity",
                              str(tmp_path / "ref"))
+    damaged = copy.deepcopy(loaded.model)
+    layer = next(iter(getattr(damaged, KEPT_UNITS)))
+    side = next(iter(getattr(damaged, KEPT_UNITS)[layer]))
+    getattr(damaged, KEPT_UNITS)[layer][side][0] = -1
+    with pytest.raises(UserError, match="recorded kept units"):
+        heat.compare(reference, damaged, shape, masks=loaded.masks)
     assert result_json["heat_distance"] == pytest.approx(
         heat.compare(reference, masked, shape, masks=twin_masks, weighted=True).distance("t_star"), rel=1e-9)
 

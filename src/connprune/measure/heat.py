@@ -646,8 +646,9 @@ def unshrunk(reference_model: nn.Module, shrunk_model: nn.Module,
         weight, key = shrunk[name].weight.detach(), f"{name}.weight"
         rows = kept.get(name, {}).get("out", list(range(weight.shape[0])))
         cols = kept.get(name, {}).get("in", list(range(weight.shape[1])))
-        if (len(rows), len(cols)) != tuple(weight.shape[:2]) or \
-                max(rows, default=0) >= module.weight.shape[0] or max(cols, default=0) >= module.weight.shape[1]:
+        inside = all(isinstance(i, int) and 0 <= i < size for indices, size in
+                     ((rows, module.weight.shape[0]), (cols, module.weight.shape[1])) for i in indices)
+        if (len(rows), len(cols)) != tuple(weight.shape[:2]) or not inside:
             raise UserError(f"layer {name!r}: the recorded kept units ({len(rows)} × {len(cols)}) do not match its "
                             f"weight {tuple(weight.shape)} inside the reference's {tuple(module.weight.shape)}; "
                             "compare with the reference it was pruned from")
