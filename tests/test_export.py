@@ -170,3 +170,40 @@ def test_cli_export(dense_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert code == 0 and "max relative error" in stdout and (tmp_path / "cli.onnx").is_file()
     code, _, err = run("--format", "pt2", "--out", str(out))
     assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_times_the_model_where_it_will_run(pruned_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """``eval --cost --runtime onnxruntime --fold-bn`` times an ONNX Runtime session of the folded model (the runner
+    prepared once for both batch sizes); the runtime options without --cost are refused."""
+    from connprune.measure import latency as latency_module
+
+    prepared = []
+    real_prepare = latency_module.prepare
+
+    def recording_prepare(model, input_shape, **options):
+        runner = real_prepare(model, input_shape, **options)
+        prepared.append((options, runner.runtime))
+        return runner
+
+    monkeypatch.setattr(latency_module, "prepare", recording_prepare)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(pruned_dir), *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return int(code), captured.out, captured.err
+
+    code, stdout, _ = run("--cost", "--runtime", "onnxruntime", "--fold-bn", "--json")
+    payload = json.loads(stdout)
+    assert code == 0 and payload["latency_runtime"] == "onnxruntime+fold_bn"
+    assert payload["params"] == sum(p.numel() for p in checkpoint.load(pruned_dir).parameters())
+    assert [runtime for _, runtime in prepared] == ["onnxruntime"] and prepared[0][0]["fold_bn"] is True
+    code, _, err = run("--runtime", "onnxruntime")
+    assert code == 2 and "--cost" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("--cost", "--runtime", "onnxruntime", "--channels-last")
+    assert code == 2 and "torch" in err and len(err.strip().splitlines()) == 1

@@ -212,6 +212,14 @@ def eval_cmd(
     shift: str = typer.Option("none", "--shift", help="none, NAME:SEVERITY, all, a list, or a shift data set."),
     seed: int = typer.Option(0, "--seed", help="Seed of the corruptions."),
     with_cost: bool = typer.Option(False, "--cost", help="Also params, MACs and latency at batch 1 and 64."),
+    runtime: str = typer.Option("torch", "--runtime", help="With --cost: where latency is measured: torch (eager) or "
+                                "onnxruntime (needs the connprune[export] extra)."),
+    fold_bn: bool = typer.Option(False, "--fold-bn", help="With --cost: fold BatchNorm into the layers before timing, "
+                                 "as deployed."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="With --cost and --runtime torch: time a "
+                                       "channels-last copy on channels-last inputs."),
+    inference_mode: bool = typer.Option(False, "--inference-mode", help="With --cost and --runtime torch: time under "
+                                        "torch.inference_mode instead of no_grad."),
     connectivity: Optional[Path] = typer.Option(
         None, "--connectivity", help="Reference checkpoint: also N2NSkip's heat-diffusion distance F to it."),
     heat_taps: str = typer.Option("all", "--heat-taps", help="With --connectivity: conv edges from any kernel tap "
@@ -232,9 +240,13 @@ def eval_cmd(
                                  or heat_t != "t_star"):
         raise UserError("--scree and --heat-* only apply with --connectivity REFERENCE_CHECKPOINT; add it or drop "
                         "them")
+    if not with_cost and (runtime != "torch" or fold_bn or channels_last or inference_mode):
+        raise UserError("--runtime, --fold-bn, --channels-last and --inference-mode only apply with --cost; add it or "
+                        "drop them")
     job = EvalJob.build(checkpoint=checkpoint, model=model, data=data, data_dir=data_dir, shift=shift, seed=seed,
-                        cost=with_cost, connectivity=connectivity, heat_taps=heat_taps, heat_adjacency=heat_adjacency,
-                        heat_t=heat_t, scree=scree)
+                        cost=with_cost, runtime=runtime, fold_bn=fold_bn, channels_last=channels_last,
+                        inference_mode=inference_mode, connectivity=connectivity, heat_taps=heat_taps,
+                        heat_adjacency=heat_adjacency, heat_t=heat_t, scree=scree)
     result, rows, name = evaluate_job(job)
     emit(result, as_json, make_table(f"{checkpoint} on {name} ({result['samples']} test images)",
                                      ["evaluation", "value"], rows))

@@ -108,6 +108,12 @@ class EvalJob(JobSpec):
     shift: str = "none"
     seed: int = 0
     cost: bool = False
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    """With ``cost``: where latency is measured (:func:`connprune.measure.latency.prepare`), with ``fold_bn``,
+    ``channels_last`` and ``inference_mode``."""
+    fold_bn: bool = False
+    channels_last: bool = False
+    inference_mode: bool = False
     connectivity: Path | None = None
     heat_taps: Literal["all", "first"] = "all"
     heat_adjacency: Literal["weighted", "binary"] = "weighted"
@@ -464,19 +470,22 @@ def evaluate_job(job: EvalJob) -> tuple[dict[str, Any], list[list[Any]], str]:
     rows += [[k, result[k]] for k in ("mca", "relative_robustness") if k in result]
     shape = test_data.info.input_shape
     if job.cost:
-        rows += _cost_rows(loaded.model, shape, result)
+        rows += _cost_rows(loaded.model, shape, result, job)
     if job.connectivity is not None:
         rows += _connectivity_rows(job, loaded, shape, result)
     return result, rows, name
 
 
-def _cost_rows(model: nn.Module, shape: tuple[int, ...], result: dict[str, Any]) -> list[list[Any]]:
-    from connprune.measure.latency import latency
+def _cost_rows(model: nn.Module, shape: tuple[int, ...], result: dict[str, Any], job: EvalJob) -> list[list[Any]]:
+    from connprune.measure.latency import latency, prepare
 
     measured = cost(model, shape)
-    result.update(params=measured.params, macs=measured.macs, latency_ms_b1=latency(model, shape, 1).median_ms,
-                  latency_ms_b64=latency(model, shape, 64).median_ms)
-    return [[k, result[k]] for k in ("params", "macs", "latency_ms_b1", "latency_ms_b64")]
+    runner = prepare(model, shape, runtime=job.runtime, fold_bn=job.fold_bn, channels_last=job.channels_last,
+                     inference_mode=job.inference_mode)  # prepared once (an ONNX export), timed at both batches
+    flags = [flag for flag in ("fold_bn", "channels_last", "inference_mode") if getattr(job, flag)]
+    result.update(params=measured.params, macs=measured.macs, latency_ms_b1=latency(runner, shape, 1).median_ms,
+                  latency_ms_b64=latency(runner, shape, 64).median_ms, latency_runtime="+".join([job.runtime, *flags]))
+    return [[k, result[k]] for k in ("params", "macs", "latency_ms_b1", "latency_ms_b64", "latency_runtime")]
 
 
 def _connectivity_rows(job: EvalJob, loaded: checkpoint.Checkpoint, shape: tuple[int, ...],
