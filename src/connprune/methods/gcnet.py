@@ -58,7 +58,7 @@ from connprune.measure.connectivity import STD_GUARD, GhostLayer, ghost_layers, 
 from connprune.measure.sparsity import prunable_weights
 from connprune.methods import register
 from connprune.methods.base import Kind, MethodParams, PruneData, PruningMethod, PruningResult, Reads, Sparsity
-from connprune.methods.budget import excluded_scores, fit_to_surgery
+from connprune.methods.budget import excluded_scores, fit_to_surgery, per_layer_scale
 
 
 class GCNetParams(MethodParams):
@@ -202,7 +202,8 @@ def path_keep(ghost: torch.Tensor, count: int, live: torch.Tensor | None = None,
 
 
 def map_to_weights(ghost_mask: torch.Tensor, weight: torch.Tensor, features_per_channel: int) -> torch.Tensor:
-    """Weight keep-mask of a child from its ghost mask Γ (units, channels) (docs/methods/gcnet.md §2 "Mapping back")."""
+    """Weight keep-mask of a child from its ghost mask Γ (units, channels) (docs/methods/gcnet.md §2 "Mapping back");
+    the same for any per-connection values (each weight gets its connection's)."""
     if weight.dim() == 4:
         return ghost_mask[:, :, None, None].expand(weight.shape).clone()
     if weight.dim() == 2:
@@ -255,11 +256,6 @@ class _GhostState:
     readers: dict[str, list[str]]
     """Layer → the layers that read its output (the graph's pairs)."""
 
-    @property
-    def ghosts_of(self) -> set[str]:
-        """Weight names of the ghost layers."""
-        return {f"{g.child}.weight" for g in self.guided}
-
 
 def _cells_forced(forced: torch.Tensor | None, ghost: torch.Tensor, weight: torch.Tensor, block: int) -> torch.Tensor:
     """Ghost entries (child unit, parent channel) whose whole kernel slice / input block is forced."""
@@ -309,9 +305,13 @@ class GCNet(PruningMethod):
     def _prune(self, model: nn.Module, sparsity: float, data: PruneData) -> PruningResult:
         started = time.perf_counter()
         state = self._measure(model, sparsity, data)
-        # what the surgery takes anyway counts as pruned; lost ghost-layer weights are made up in the direct layers
-        repair = {key: importance.magnitude({key: w})[key] if key not in state.ghosts_of
-                  else torch.full(w.shape, float("-inf")) for key, w in state.weights.items()}
+        # what the surgery takes anyway counts as pruned; if that does not settle, the surplus is trimmed from the
+        # weakest entries, each layer's scores on its own scale: |w| in the direct layers, the ghost entry of the
+        # connection in the ghost layers (whole connections first, so blocks stay whole but for the last one)
+        guided = {f"{g.child}.weight": g for g in state.guided}
+        repair = per_layer_scale({
+            key: map_to_weights(state.ghosts[guided[key].child], w, guided[key].features_per_channel).float()
+            if key in guided else importance.magnitude({key: w})[key] for key, w in state.weights.items()}, "layer")
         masks, rounds = fit_to_surgery(lambda level, forced: self._select(state, level, forced)[0], sparsity, model,
                                        data.example_inputs, scores=repair)
         _, modes, residual = self._select(state, sparsity, {})
