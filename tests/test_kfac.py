@@ -294,3 +294,16 @@ def test_weight_budget_becomes_neuron_targets() -> None:
         achieved = 1 - remaining / dense
         largest_neuron = max(g.weights_per_channel for g in groups) / dense
         assert target <= achieved < target + largest_neuron
+
+
+def test_a_neuron_budget_is_not_checked_as_a_weight_budget(digits_train) -> None:
+    """budget="neurons": --sparsity is the fraction of hidden neurons removed (here 36 of [32, 16] = 0.75), so the
+    weight-budget check after surgery must not warn that the weight sparsity "ends at" something else."""
+    import warnings
+
+    method = methods.create("kfac", budget="neurons", stat_every=2, eig_every=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any budget warning fails the test
+        result = method.prune(_mlp([32, 16]), 0.75, methods.PruneData(train=digits_train,
+                                                                   recipe=default_recipe("digits", epochs=1)))
+    assert sum(len(v) for v in result.remove.values()) == 36 and "budget_note" not in result.info

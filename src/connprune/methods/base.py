@@ -157,8 +157,8 @@ class PruningMethod(ABC):
         and as a warning (stderr)."""
         counted = budget.count(model, result, data.example_inputs, reference=reference)
         result.info.update(masked_sparsity=counted.masked_sparsity, expected_sparsity=counted.sparsity)
-        if sparsity == "auto":
-            return
+        if sparsity == "auto" or getattr(self.params, "budget", "weights") == "neurons":
+            return  # a budget of its own, or of neurons (K-FAC's, network slimming's budget="neurons")
         off = (reference - counted.nonzero_after) - round(sparsity * reference)
         unit = int(result.info.get("budget_unit", 1))
         if abs(off) <= unit:
