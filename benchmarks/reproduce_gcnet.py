@@ -269,7 +269,7 @@ def plot(rows: list[dict[str, Any]], dense: list[dict[str, Any]], path: Path, ti
         ax = axes[i][-1]
         for d in dense:
             if (d["data"], d["model"]) == (data_name, model):
-                accuracies = [h["test_accuracy"] for h in d["history"]]
+                accuracies = [h["test_accuracy"] for h in d.get("history", [])]
                 ax.plot(range(1, len(accuracies) + 1), accuracies, marker=".", label=f"seed {d['seed']}")
         ax.set_title(f"{data_name} / {model}: dense test accuracy", fontsize=9)
         ax.set_xlabel("epoch")
@@ -429,6 +429,11 @@ def one_run(dense: torch.nn.Module, method_name: str, params: dict[str, Any], sp
 def write_outputs(results: dict[str, Any], out: Path) -> None:
     """Aggregate ``results["runs"]``, print the table and verdicts, write JSON, Markdown and the plot."""
     ORDER[:] = list(results["settings"]["methods"])
+    tolerance = results["settings"].get("budget_tolerance", 2e-3)
+    for run in results["runs"] + results["dense"]:  # the earlier one-data-set script's results: the suite
+        run.setdefault("data", results["settings"].get("suite"))
+    for run in results["runs"]:  # ... and no budget check
+        run.setdefault("equal_budget", abs(run["achieved_sparsity"] - run["sparsity"]) <= tolerance)
     rows = aggregate(results["runs"])
     columns = ["data", "model", "sparsity", "method", "seeds", "split", "clean", "clean_std", "delta_clean", "mca",
                "mca_std", "delta_mca", "relative_robustness", "delta_relative_robustness", "neg", "delta_neg",
