@@ -421,8 +421,8 @@ def main() -> None:
     parser.add_argument("--latency-width", type=int, default=512)
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument("--latency-rounds", type=int, default=7)
-    parser.add_argument("--input-scaling", choices=["auto", "none", "nonneg"], default="auto",
-                        help="layer-sparsity's input_scaling (auto: the first layer is penalised too)")
+    parser.add_argument("--input-scaling", choices=["none", "nonneg"], default="none",
+                        help="layer-sparsity's input_scaling (nonneg: the first layer is penalised too)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the Markdown and the PNG from the saved JSON (nothing is run)")
     args = parser.parse_args()

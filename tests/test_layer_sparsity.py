@@ -198,7 +198,7 @@ def test_lambda_alias_and_bad_input() -> None:
 def test_large_lambda_leaves_one_hidden_relu_layer_and_pipeline_round_trips(
         small_train: ImageData, digits_test: ImageData, tmp_path) -> None:
     model = _mlp([24, 24, 24, 24], small_train.info)
-    method = methods.create("layer-sparsity", **{"lambda": 20.0}, refit_epochs=1, input_scaling="none")
+    method = methods.create("layer-sparsity", **{"lambda": 20.0}, refit_epochs=1)
     pruned, masks, metrics = prune_model(model, method, "auto", small_train, digits_test, train_epochs=3,
                                          progress=False)
     assert metrics["inactive_layers"] == ["features.2", "features.4", "features.6"]
@@ -245,16 +245,6 @@ def test_input_scaling_penalises_the_first_layer_of_normalised_data_and_merges_e
             models.create("lenet5"), "auto", PruneData(train=small_train, recipe=RECIPE))
 
 
-def test_input_scaling_auto_is_nonneg_only_for_a_linear_first_layer_on_normalised_data(small_train: ImageData) -> None:
-    method = methods.create("layer-sparsity")
-    raw = ImageData(small_train.images, small_train.labels,
-                    dataclasses.replace(small_train.info, mean=(), std=()), "train")
-    mlp = _mlp([8, 8], small_train.info)
-    assert method._input_scaling(mlp, PruneData(train=small_train)) == "nonneg"
-    assert method._input_scaling(mlp, PruneData(train=raw)) == "none"
-    assert method._input_scaling(models.create("lenet5"), PruneData(train=small_train)) == "none"
-
-
 class _LearningRates(TrainHook):
     def __init__(self) -> None:
         self.rates: list[float] = []
@@ -265,7 +255,7 @@ class _LearningRates(TrainHook):
 
 def test_a_run_that_removes_no_layer_says_how_far_it_was(small_train: ImageData) -> None:
     model = _mlp([16, 16], small_train.info)
-    method = methods.create("layer-sparsity", **{"lambda": 0.01}, input_scaling="none")
+    method = methods.create("layer-sparsity", **{"lambda": 0.01})
     rates = _LearningRates()
     with pytest.warns(UserWarning, match="no layer became inactive"):
         result = method.train(model, "auto", PruneData(train=small_train, recipe=RECIPE), hooks=[rates])
@@ -291,8 +281,7 @@ def test_refit_keeps_the_architecture_and_lowers_the_training_loss(small_train: 
 
 def test_subgradient_solver_projects_small_groups_and_reports_the_loss_change(small_train: ImageData) -> None:
     model = _mlp([16, 16, 16], small_train.info)
-    method = methods.create("layer-sparsity", **{"lambda": 0.5}, solver="subgradient", threshold=1.0,
-                            input_scaling="none")
+    method = methods.create("layer-sparsity", **{"lambda": 0.5}, solver="subgradient", threshold=1.0)
     result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE))
     assert result.info["projected_layers"] == ["features.2", "features.4"]
     assert result.info["inactive_layers"] == ["features.2", "features.4"]
@@ -302,7 +291,7 @@ def test_subgradient_solver_projects_small_groups_and_reports_the_loss_change(sm
 def test_lambda_path_scores_each_lambda_by_its_refitted_merged_network(small_train: ImageData) -> None:
     model = _mlp([16, 16, 16], small_train.info)
     method = methods.create("layer-sparsity", lambda_path=[20.0, 0.0], epochs_per_lambda=1, refit_epochs=1,
-                            path_tolerance=1.0, input_scaling="none")
+                            path_tolerance=1.0)
     result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE))
     path = result.info["lambda_path"]
     assert [p["lambda"] for p in path] == [0.0, 20.0]
@@ -319,7 +308,7 @@ def test_lambda_path_scores_each_lambda_by_its_refitted_merged_network(small_tra
 
 def test_fresh_refit_merges_in_the_method_and_reinitialises(small_train: ImageData) -> None:
     model = _mlp([16, 16, 16], small_train.info)
-    method = methods.create("layer-sparsity", **{"lambda": 20.0}, refit_init="fresh", input_scaling="none")
+    method = methods.create("layer-sparsity", **{"lambda": 20.0}, refit_init="fresh")
     result = method.prune(model, "auto", PruneData(train=small_train, recipe=RECIPE))
     assert result.merge == [] and merge.depth(result.model) == 2
     assert [e["op"] for e in result.model.connprune_edits] == ["merge"]
