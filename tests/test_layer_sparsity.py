@@ -245,6 +245,17 @@ def test_input_scaling_penalises_the_first_layer_of_normalised_data_and_merges_e
             models.create("lenet5"), "auto", PruneData(train=small_train, recipe=RECIPE))
 
 
+def test_input_floor_of_data_without_a_normalisation_is_each_features_training_minimum(small_train: ImageData) -> None:
+    info = dataclasses.replace(small_train.info, mean=(), std=())   # float inputs used as given
+    images = torch.rand(len(small_train), *info.input_shape, generator=torch.Generator().manual_seed(0))
+    lows = -torch.arange(64, dtype=torch.float32) / 10          # feature k reaches exactly -k/10, in sample k
+    images.view(len(images), -1)[torch.arange(64), torch.arange(64)] = lows
+    data = ImageData(images, small_train.labels, info, "train")
+    method = methods.create("layer-sparsity", input_scaling="nonneg")
+    method.start(_mlp([8, 8], info), "auto", PruneData(train=data, recipe=RECIPE))
+    torch.testing.assert_close(method.floor, lows)
+
+
 class _LearningRates(TrainHook):
     def __init__(self) -> None:
         self.rates: list[float] = []
