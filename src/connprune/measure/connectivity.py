@@ -478,15 +478,8 @@ def network_connectivity(
                         kept[layer.child].append((parent, child))
                 recorder.values.clear()
             for layer in layers:
-                if measure == "pearson":
-                    totals[layer.child] += sums[layer.child].correlation(std_guard).abs()
-                else:
-                    parent = torch.cat([p for p, _ in kept[layer.child]])
-                    child = torch.cat([q for _, q in kept[layer.child]])
-                    totals[layer.child] += _mi_class(parent, child, std_guard, seed, mi_options or {})
-                if moments:
-                    cross[layer.child] += sums[layer.child].correlation(std_guard)
-                    parents[layer.child] += sums[layer.child].parent_correlation(std_guard)
+                _add_class(layer.child, sums[layer.child], kept[layer.child], (totals, cross, parents), measure,
+                           std_guard, seed, mi_options or {})
             used += 1
     finally:
         recorder.close()
@@ -500,6 +493,23 @@ def network_connectivity(
         cross={name: (total / used).cpu() for name, total in cross.items()},
         parent_moments={name: (total / used).cpu() for name, total in parents.items()},
         settings={"measure": measure, "site": site, "std_guard": std_guard, "per_class": per_class, "seed": seed})
+
+
+def _add_class(child: str, sums: MomentSums, kept: list[tuple[torch.Tensor, torch.Tensor]],
+               accumulators: tuple[dict[str, torch.Tensor], ...], measure: Measure, std_guard: float, seed: int,
+               mi_options: Mapping[str, Any]) -> None:
+    """Add one class's connectivity of layer ``child`` to the running totals (and, where ``moments`` asked for
+    them, i.e. ``cross`` holds the layer, its signed child–parent and parent–parent correlations)."""
+    totals, cross, parents = accumulators
+    if measure == "pearson":
+        totals[child] += sums.correlation(std_guard).abs()
+    else:
+        parent = torch.cat([p for p, _ in kept])
+        activations = torch.cat([q for _, q in kept])
+        totals[child] += _mi_class(parent, activations, std_guard, seed, mi_options)
+    if child in cross:
+        cross[child] += sums.correlation(std_guard)
+        parents[child] += sums.parent_correlation(std_guard)
 
 
 def _check_widths(layer: GhostLayer, parent: torch.Tensor, child: torch.Tensor) -> None:
