@@ -334,6 +334,9 @@ def compare(name: str, ours: list[dict], other: list[dict], what: str) -> str:
         outcome = f"tie within the seed spread ({difference:+.4f}, spread {noise:.4f}, {seeds} seeds)"
     else:
         outcome = f"{'ahead' if difference > 0 else 'behind'} by {difference:+.4f} (spread {noise:.4f}, {seeds} seeds)"
+    budgets = [mean([r["achieved_sparsity"] for r in rows]) for rows in (ours, other)]
+    if abs(budgets[0] - budgets[1]) > 0.005:  # equal cells per layer need not mean equal weights after surgery
+        outcome += f"; NOT at equal achieved sparsity ({budgets[0]:.4f} vs {budgets[1]:.4f})"
     return f"{name}: {what} {outcome}"
 
 
@@ -379,8 +382,10 @@ def mint_verdicts(rows: list[dict]) -> list[str]:
     lines, paper = [], get("mint@paper")
     if paper:
         layer2, accuracy = mean([r["layer_pruned"][LAYER2] for r in paper]), mean([r["acc_after"] for r in paper])
-        noise = max(spread(paper), 0.001)
-        held = layer2 >= PAPER["layer2_pruned"] - 0.005 and accuracy >= PAPER["mint"] - noise
+        # reproduced: the paper's layer-2 fraction at (at most) the paper's accuracy drop from dense plus half a
+        # point, on every seed (a wide seed range is no licence: the drop must hold for the worst seed too)
+        drops = [r["dense_acc"] - r["acc_after"] for r in paper]
+        held = layer2 >= PAPER["layer2_pruned"] - 0.005 and max(drops) <= PAPER["dense"] - PAPER["mint"] + 0.005
         lines.append(f"MINT's MNIST row (the paper: {100 * PAPER['layer2_pruned']:.1f} % of layer 2 at "
                      f"{100 * PAPER['mint']:.2f} %, dense {100 * PAPER['dense']:.2f} %): "
                      f"{'reproduced' if held else 'not reproduced'} — {100 * layer2:.1f} % of layer 2 at "
@@ -422,6 +427,21 @@ def snacs_verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def weaknesses(rows: list[dict], args) -> list[str]:
+    """What limits the verdicts, read from the rows and the settings."""
+    lines = [f"{len(args.seeds)} seed(s) and {args.mlp_finetune} fine-tuning epochs against the paper's 30: a row "
+             "that recovers slowly after pruning (accuracy at chance before fine-tuning) is judged early."]
+    paper = [r for r in rows if r["part"] == "mint" and r["label"] == "mint@paper"]
+    if len(paper) > 1:
+        accs = ", ".join(f"seed {r['seed']}: {r['acc_after']:.4f}" for r in sorted(paper, key=lambda r: r["seed"]))
+        lines.append(f"mint@paper after fine-tuning varies widely across seeds ({accs}), so its comparisons are "
+                     "ties within that spread even where the means differ by many points.")
+    lines.append("random-cells@paper prunes the same cells per layer as mint@paper but the surgery removes fewer "
+                 "units after it, so it keeps more weights (see achieved_sparsity); magnitude@paper is the control "
+                 "at equal kept weights per layer.")
+    return lines
+
+
 def report(args) -> None:
     rows = [json.loads(p.read_text()) for p in sorted((args.work / "steps").glob("*.json"))]
     mint, snacs = mint_table(rows), snacs_table(rows)
@@ -445,8 +465,10 @@ def report(args) -> None:
             f"{results['machine']['load_average']}.\n\nThe paper's numbers (MINT README): dense 98.59 %, MINT 98.47 % "
             "at 96.20 % of layer 2 pruned. SNACS reports no MNIST numbers.\n\n## MINT (layer 2 = features.2, "
             "150,000 weights)\n\n" + markdown_table(mint) + "\n## SNACS at its defaults vs L1-filter and "
-            "Torch-Pruning (L1 magnitude) at equal kept weights and at equal MACs\n\n" + markdown_table(snacs)
-            + "\n## Verdicts\n\n" + "\n".join(f"- {line}" for line in verdicts) + "\n")
+            "Torch-Pruning (L1 magnitude) at equal kept weights and at equal MACs\n\n"
+            + (markdown_table(snacs) if snacs else "Not run in this run (`--part snacs` was not run).\n")
+            + "\n## Verdicts\n\n" + "\n".join(f"- {line}" for line in verdicts)
+            + "\n\n## What is weak\n\n" + "\n".join(f"- {line}" for line in weaknesses(rows, args)) + "\n")
     save_text(args.out / "reproduce_mint_snacs.md", text)
     print(f"wrote {args.out / 'reproduce_mint_snacs.md'}")
 
