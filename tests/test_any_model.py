@@ -267,3 +267,24 @@ def test_a_factory_named_by_the_caller_rebuilds_the_model(tmp_path, monkeypatch)
         assert torch.equal(loaded(x), shrunk(x))
     with pytest.raises(UserError, match="cannot import 'no_such_module'"):
         checkpoint.load(tmp_path / "ck", model="no_such_module:build")
+
+
+@pytest.mark.parametrize("name, params", [("gcnet", {"probe_per_class": 10}), ("mint", {"samples_per_class": 20}),
+                                          ("snacs", {"samples_per_class": 20, "constraint_samples": 100})],
+                         ids=["gcnet", "mint", "snacs"])
+def test_connection_methods_prune_a_grouped_conv_model(digits_train, name, params):
+    """A ResNeXt-style grouped conv: GC-Net prunes it directly (a unit reads only its group's channels, so the
+    full ghost matrix has no place on it) and meets the budget; MINT and SNACS leave it unscored and reach what the
+    other layers allow, saying so (budget_note). Either way the model shrinks to what the masked one computes."""
+    torch.manual_seed(0)
+    model = Grouped().eval()
+    reference = count_prunable(model)
+    result = methods.create(name, **params).prune(model, 0.5, PruneData(train=digits_train, example_inputs=X))
+    shrunk, masked, masks = _shrunk_and_masked(model, result)
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        expected, got = masked(x), shrunk(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+    kept = count_nonzero(shrunk, masks["shrunk"])
+    met = abs((reference - kept) - round(0.5 * reference)) <= int(result.info.get("budget_unit", 1))
+    assert met if name == "gcnet" else (met or f"{1 - kept / reference:.4f}" in result.info["budget_note"])

@@ -85,7 +85,9 @@ def ghost_layers(graph: ModelGraph, *, include_shortcuts: bool = False,
     """Child layers that get a ghost matrix, in forward order (docs/methods/gcnet.md §3 step 5).
 
     Every conv/linear with at least one :class:`~connprune.graph.LayerPair` parent, except depthwise convs (one input
-    channel per unit: no connections to choose between), projection shortcuts unless ``include_shortcuts``
+    channel per unit: no connections to choose between) and other grouped convs (a unit reads only its group's
+    channels, so a full unit × channel ghost does not map onto the weight; they are pruned directly, as shortcuts
+    are), projection shortcuts unless ``include_shortcuts``
     (docs/methods/gcnet.md §3 step 5: "1×1 downsample shortcuts … fall under direct magnitude pruning") and output
     layers (the classifier) unless ``include_classifier``. The first layer never has a ghost parent.
     """
@@ -98,7 +100,7 @@ def ghost_layers(graph: ModelGraph, *, include_shortcuts: bool = False,
     for name in graph.layers:
         pairs = by_child.get(name)
         module = modules[name]
-        if not pairs or is_depthwise(module):
+        if not pairs or is_depthwise(module) or getattr(module, "groups", 1) > 1:
             continue
         if not include_classifier and name in graph.output_layers:
             continue

@@ -136,7 +136,9 @@ def plan_children(model: nn.Module, graph: ModelGraph, *, groups: int | Literal[
     """The child layers of ``graph`` in forward order, with their group labels (docs/methods/mint.md §3 steps 2 and 4).
 
     ``layer_groups[name]`` overrides the group count of layer ``name``'s units (as child and as parent); the input
-    units of the first layer use ``groups``. Depthwise convs have no cross-channel connections and are skipped.
+    units of the first layer use ``groups``. Depthwise and other grouped convs are skipped: the first have no
+    cross-channel connections, and in the others a unit reads only its own group's channels, so a score for every
+    (child group, parent group) cell has no place on their weights.
     """
     overrides = dict(layer_groups or {})
     excluded = set(exclude or [])
@@ -157,7 +159,7 @@ def plan_children(model: nn.Module, graph: ModelGraph, *, groups: int | Literal[
     children = []
     for name in graph.layers:
         module = model.get_submodule(name)
-        if is_depthwise(module) or name in excluded:
+        if is_depthwise(module) or getattr(module, "groups", 1) > 1 or name in excluded:
             continue
         pairs = parents_of.get(name, [])
         if not pairs and not (prune_input_layer is True
