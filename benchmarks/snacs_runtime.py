@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -200,26 +201,22 @@ def main() -> None:
     parser.add_argument("--skip-pair", action="store_true", help="only the whole-network study")
     parser.add_argument("--skip-whole", action="store_true", help="only the pair study")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the saved JSON, run nothing")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.render:
+        save_text(args.out / "snacs_runtime.md", report(json.loads((args.out / "snacs_runtime.json").read_text())))
+        return
     if 0 < args.mst_cells < 16:
         parser.error("--mst-cells must be 0 (all) or at least 16")
     torch.set_num_threads(args.threads)
     train = data.load("cifar10", "train", args.data_dir)
     pairs = [] if args.skip_pair else pair_study(args, train)
     whole = [] if args.skip_whole else whole_network(args, train)
-    pair_columns = ["groups", "filters_per_group", "cells", "edge_phi1_seconds", "edge_phi_weight_seconds",
-                    "mst_seconds", "mst_cells_timed", "mst_cell_mean_s", "mst_cell_std_s", "mst_cell_min_s",
-                    "mst_cell_max_s", "speedup_vs_phi1", "paper_mst_seconds", "paper_edge_phi1_seconds",
-                    "paper_speedup"]
-    whole_columns = ["model", "setting", "samples", "cells", "floor_forward_seconds", "snacs_seconds",
-                     "seconds_activations", "seconds_cmi", "seconds_constraints", "seconds_sensitivity",
-                     "seconds_masks", "ratio_to_floor", "goal_5x", "snacs_sparsity", "torch_pruning_l1_seconds",
-                     "ratio_to_torch_pruning"]
     if pairs:
-        print_table("CMI matrix of a VGG16 conv9-shaped pair (512 x 512), seconds", pairs, pair_columns)
+        print_table("CMI matrix of a VGG16 conv9-shaped pair (512 x 512), seconds", pairs, PAIR_COLUMNS)
     if whole:
-        print_table("Whole-network SNACS prune time vs the forward floor and Torch-Pruning L1", whole, whole_columns)
+        print_table("Whole-network SNACS prune time vs the forward floor and Torch-Pruning L1", whole, WHOLE_COLUMNS)
     results = {
         "benchmark": "snacs_runtime", "machine": machine(),
         "settings": {"groups": args.groups, "per_class": args.per_class, "mst_cells": args.mst_cells,
@@ -233,13 +230,53 @@ def main() -> None:
                   "claim": "EDGE >= 17x faster than MST at every group size"},
     }
     save_results(args.out / "snacs_runtime.json", results)
-    text = "# SNACS runtime study\n\n"
-    if pairs:
-        text += "## CMI matrix, VGG16 conv9-shaped pair\n\n" + markdown_table(pairs, pair_columns)
-    if whole:
-        text += "\n## Whole-network prune time\n\n" + markdown_table(whole, whole_columns)
-    save_text(args.out / "snacs_runtime.md", text)
+    save_text(args.out / "snacs_runtime.md", report(results))
     print(f"wrote {args.out / 'snacs_runtime.json'}")
+
+
+PAIR_COLUMNS = ["groups", "filters_per_group", "cells", "edge_phi1_seconds", "edge_phi_weight_seconds", "mst_seconds",
+                "mst_cells_timed", "mst_cell_mean_s", "mst_cell_std_s", "mst_cell_min_s", "mst_cell_max_s",
+                "speedup_vs_phi1", "paper_mst_seconds", "paper_edge_phi1_seconds", "paper_speedup", "load_average"]
+WHOLE_COLUMNS = ["model", "setting", "samples", "cells", "floor_forward_seconds", "snacs_seconds",
+                 "seconds_activations", "seconds_cmi", "seconds_constraints", "seconds_sensitivity", "seconds_masks",
+                 "ratio_to_floor", "goal_5x", "snacs_sparsity", "torch_pruning_l1_seconds", "ratio_to_torch_pruning",
+                 "load_average"]
+
+
+def verdicts(results: dict) -> list[str]:
+    """The paper's claim (EDGE ≥ 17× faster than MST) and issue 20's goal (SNACS within 5× of the forward floor)."""
+    lines = []
+    pairs, whole = results["pair"], results["whole_network"]
+    if pairs:
+        slowest = min(pairs, key=lambda r: r["speedup_vs_phi1"])
+        held = all(r["speedup_vs_phi1"] >= 17 for r in pairs)
+        lines.append(f"EDGE at least 17x faster than MST at every group count (the paper's claim): "
+                     f"{'reproduced' if held else 'not reproduced'} — smallest speed-up "
+                     f"{slowest['speedup_vs_phi1']:.0f}x "
+                     f"at {slowest['groups']} groups (MST extrapolated from {slowest['mst_cells_timed']} timed cells)")
+    for setting in ("defaults", "fast"):
+        rows = [r for r in whole if r["setting"] == setting]
+        if rows:
+            met = [r["model"] for r in rows if r["goal_5x"]]
+            lines.append(f"Whole-network SNACS within 5x of the forward floor, {setting}: "
+                         + ("MET on every model" if len(met) == len(rows) else f"NOT MET ({', '.join(met) or 'none'} "
+                            f"of {', '.join(r['model'] for r in rows)})")
+                         + " — " + ", ".join(f"{r['model']} {r['ratio_to_floor']:.1f}x (CMI {r['seconds_cmi']:.0f} s, "
+                                             f"constraints {r['seconds_constraints']:.0f} s)" for r in rows))
+    return lines
+
+
+def report(results: dict) -> str:
+    machine_info = results["machine"]
+    text = ("# SNACS runtime study\n\n" + f"Machine: {machine_info.get('cpu', '?')}, load average "
+            f"{machine_info.get('load_average')}; {results['settings']['shrunk']}; weights: "
+            f"{results['settings']['weights']}.\n\n## Verdict\n\n"
+            + "\n".join(f"- {line}" for line in verdicts(results)) + "\n")
+    if results["pair"]:
+        text += "\n## CMI matrix, VGG16 conv9-shaped pair\n\n" + markdown_table(results["pair"], PAIR_COLUMNS)
+    if results["whole_network"]:
+        text += "\n## Whole-network prune time\n\n" + markdown_table(results["whole_network"], WHOLE_COLUMNS)
+    return text
 
 
 if __name__ == "__main__":
