@@ -57,6 +57,13 @@ def _shrunk_and_masked(model: nn.Module, result: methods.PruningResult) -> tuple
     return shrunk.eval(), masked.eval(), {"shrunk": masks, "masked": masked_masks}
 
 
+def _assert_same_function(shrunk: nn.Module, masked: nn.Module) -> None:
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        expected, got = masked(x), shrunk(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+
+
 METHODS = [("l1-filter", {}), ("random", {"structured": True}), ("group-l1", {}), ("network-slimming", {}),
            ("kfac", {"stat_every": 5, "eig_every": 10}), ("gcnet", {"probe_per_class": 10}),
            ("mint", {"samples_per_class": 20}), ("snacs", {"samples_per_class": 20, "constraint_samples": 100}),
@@ -71,10 +78,7 @@ def test_a_users_own_model_prunes_with_every_structured_and_connection_method(di
     data = PruneData(train=digits_train, recipe=default_recipe("digits", epochs=2), example_inputs=X)
     result = methods.create(name, **params).prune(model, 0.5, data)
     shrunk, masked, masks = _shrunk_and_masked(model, result)
-    x = torch.randn(8, 1, 8, 8)
-    with torch.no_grad():
-        expected, got = masked(x), shrunk(x)
-    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+    _assert_same_function(shrunk, masked)
     kept = count_nonzero(shrunk, masks["shrunk"])
     assert kept == count_nonzero(masked, masks["masked"])  # the same weights, shrunk or masked
     assert abs((reference - kept) - round(0.5 * reference)) <= int(result.info.get("budget_unit", 1))
@@ -281,10 +285,7 @@ def test_connection_methods_prune_a_grouped_conv_model(digits_train, name, param
     reference = count_prunable(model)
     result = methods.create(name, **params).prune(model, 0.5, PruneData(train=digits_train, example_inputs=X))
     shrunk, masked, masks = _shrunk_and_masked(model, result)
-    x = torch.randn(8, 1, 8, 8)
-    with torch.no_grad():
-        expected, got = masked(x), shrunk(x)
-    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+    _assert_same_function(shrunk, masked)
     kept = count_nonzero(shrunk, masks["shrunk"])
     met = abs((reference - kept) - round(0.5 * reference)) <= int(result.info.get("budget_unit", 1))
     assert met if name == "gcnet" else (met or f"{1 - kept / reference:.4f}" in result.info["budget_note"])

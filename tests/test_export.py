@@ -150,17 +150,22 @@ def test_bad_format_and_missing_extra(dense_dir: Path, tmp_path: Path, monkeypat
         to_onnx(torch.nn.Linear(2, 2), torch.randn(2, 2), tmp_path / "l.onnx")
 
 
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``connprune *argv`` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["connprune", *argv])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return int(code), captured.out, captured.err
+
+
 def test_cli_export(dense_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     capsys: pytest.CaptureFixture[str]) -> None:
     def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["connprune", "export", "--checkpoint", str(dense_dir), *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return int(code), captured.out, captured.err
+        return run_cli(monkeypatch, capsys, "export", "--checkpoint", str(dense_dir), *args)
 
     out = tmp_path / "cli.pt2"
     code, stdout, _ = run("--format", "pt2", "--out", str(out), "--json")
@@ -189,14 +194,7 @@ def test_eval_times_the_model_where_it_will_run(pruned_dir: Path, monkeypatch: p
     monkeypatch.setattr(latency_module, "prepare", recording_prepare)
 
     def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["connprune", "eval", "--checkpoint", str(pruned_dir), *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return int(code), captured.out, captured.err
+        return run_cli(monkeypatch, capsys, "eval", "--checkpoint", str(pruned_dir), *args)
 
     code, stdout, _ = run("--cost", "--runtime", "onnxruntime", "--fold-bn", "--json")
     payload = json.loads(stdout)
