@@ -448,8 +448,8 @@ def signature_distance(reference: UnitGraph, pruned: UnitGraph, t: float, method
 def saturated_signature(graph: UnitGraph) -> np.ndarray:
     """``S(∞) = lim_{t→∞} exp(−tL) A`` in closed form: ``exp(−tL)`` tends to the projection onto L's null space,
     spanned by the indicators of the connected components, so ``S_i(∞) = |sources in C(i)| / |C(i)|``
-    (docs/methods/n2nskip.md §2). Components by :func:`scipy.sparse.csgraph.connected_components`; exact, no ``t`` to
-    choose."""
+    (see docs/methods/n2nskip.md §2). Components by :func:`scipy.sparse.csgraph.connected_components`; exact, no
+    ``t`` to choose."""
     count, labels = csgraph.connected_components(graph.adjacency, directed=False)
     heat = np.bincount(labels, weights=graph.sources, minlength=count)
     size = np.bincount(labels, minlength=count)
@@ -526,10 +526,11 @@ def settling_time(graph: UnitGraph, tolerance: float = SETTLED) -> float:
     """``t_sat = ln(1/tolerance) / λ_2``: from then on every non-constant mode of ``exp(−tL)`` has decayed below
     ``tolerance``, so ``||S(t) − S(∞)||_2 ≤ tolerance·||A||_2`` — the graph's heat distribution has saturated.
 
-    Reconstructed (docs/methods/n2nskip.md §8: the paper evaluates Table 3 at a "large t" it does not state): F at the
-    *reference's* settling time compares the pruned network with a saturated reference, while heat in weakly connected
-    pruned networks (small λ_2) is still on its way; F(∞) (:func:`saturated_distance`) sees only disconnected units. On
-    the zoo's dense VGG-19 (CIFAR input) t_sat ≈ 57 t*, inside the t range of the paper's Fig. 4."""
+    Reconstructed (see docs/methods/n2nskip.md §8; the paper evaluates Table 3 at a "large t" it does not state):
+    F at the *reference's* settling time compares the pruned network with a saturated reference, while heat in weakly
+    connected pruned networks (small λ_2) is still on its way; F(∞) (:func:`saturated_distance`) sees only
+    disconnected units. On the zoo's dense VGG-19 (CIFAR input) t_sat ≈ 57 t*, inside the t range of the paper's
+    Fig. 4."""
     if not 0.0 < tolerance < 1.0:
         raise UserError(f"the settling tolerance must be in (0, 1), got {tolerance}")
     try:

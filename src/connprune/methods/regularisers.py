@@ -16,6 +16,7 @@ Both happen in :meth:`RegularisedMethod.on_step` (so a user's own loop gets them
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -151,9 +152,9 @@ class RegularisedMethod(TrainingMethod):
     prox: Prox = staticmethod(prox_negative_part)
     value: Value = staticmethod(negative_part_norm)
 
+    @abstractmethod
     def penalty_groups(self, model: nn.Module) -> list[PenaltyGroup]:
         """The groups the penalty acts on (called by :meth:`start`, after the graph is known)."""
-        raise NotImplementedError
 
     def training_epochs(self, epochs: int) -> tuple[int, int]:
         return split_epochs(self.name, epochs, self.params.refit_epochs)
