@@ -95,13 +95,6 @@ def first_inputs(source: DataSource, who: str = "data") -> torch.Tensor:
     raise UserError(f"{who}: the data yielded no batch; pass a non-empty loader")
 
 
-def input_shape(source: DataSource, who: str = "data") -> tuple[int, ...]:
-    """Shape of one input (without the batch dimension)."""
-    if isinstance(source, ImageData):
-        return tuple(source.info.input_shape)
-    return tuple(first_inputs(source, who).shape[1:])
-
-
 def read(source: DataSource, *, samples: int | None = None, per_class: int | None = None,
          num_classes: int | None = None, who: str = "data", why: str = "") -> ImageData:
     """What a method reads, in memory: an :class:`ImageData` as it is (the method selects from it, seeded); from an

@@ -25,8 +25,9 @@ from connprune.measure import cost
 from connprune.measure.sparsity import count_nonzero, count_prunable
 from connprune.measure.sparsity import sparsity as sparsity_of
 from connprune.methods import PruneData
+from connprune.methods.base import train_with_masks
 from connprune.methods.iterative import StepSchedule, prune_in_steps
-from connprune.surgery import MaskEnforcer, apply_masks
+from connprune.surgery import apply_masks
 from connprune.train import TrainConfig, Trainer, default_recipe, distributed, evaluate, evaluate_shift
 from connprune.utils.seed import default_device, seed_everything
 
@@ -269,12 +270,11 @@ def prune_model(
     finetune_seconds = 0.0
     epochs_after = _epochs_after(method, result, train_epochs)
     if epochs_after > 0:
-        trainer = Trainer(model, train_data, test_data, recipe.model_copy(update={"epochs": epochs_after}),
-                          progress=progress,
-                          description=f"{'train' if method.needs_training or not method.needs_trained else 'fine-tune'}"
-                                      f" {method.name}")
-        MaskEnforcer(model, masks, trainer.optimizer)
-        finetune_seconds = trainer.fit().seconds
+        finetune_seconds = train_with_masks(
+            model, train_data, test_data, recipe.model_copy(update={"epochs": epochs_after}), masks, device=device,
+            progress=progress,
+            description=f"{'train' if method.needs_training or not method.needs_trained else 'fine-tune'} "
+                        f"{method.name}")
     acc_after, shift_after = _accuracies(model, test_data, shift, data_dir, seed)
     after = cost(model, info.input_shape)
     metrics: dict[str, Any] = {
@@ -308,10 +308,9 @@ def _prune_and_apply(method: methods.PruningMethod, model: nn.Module, sparsity: 
     assert data.train is not None and data.recipe is not None
 
     def fine_tune(current: nn.Module, kept: dict[str, torch.Tensor], step: int) -> None:
-        trainer = Trainer(current, data.train, None, data.recipe.model_copy(update={"epochs": schedule.epochs}),
-                          progress=data.progress, description=f"{method.name} step {step}/{schedule.steps}")
-        MaskEnforcer(current, kept, trainer.optimizer)
-        trainer.fit()
+        train_with_masks(current, data.train, None, data.recipe.model_copy(update={"epochs": schedule.epochs}), kept,
+                         device=data.device, progress=data.progress,
+                         description=f"{method.name} step {step}/{schedule.steps}")
 
     return prune_in_steps(method, model, sparsity, data, steps=schedule.steps, spacing=schedule.spacing,
                           shrink=shrink, between=fine_tune if schedule.epochs > 0 else None)
@@ -330,10 +329,11 @@ def chance_warning(method: methods.PruningMethod, sparsity: float | str, acc_bef
     too few epochs for a method that prunes at initialisation or while training; a very high sparsity; else the
     learning rate."""
     chance = 1.0 / num_classes
-    if acc_after > chance + max(CHANCE_MARGIN, 0.5 * chance):
+    threshold = chance + max(CHANCE_MARGIN, 0.5 * chance)
+    if acc_after > threshold:
         return {}
     causes = []
-    if method.needs_trained and acc_before <= chance + max(CHANCE_MARGIN, 0.5 * chance):
+    if method.needs_trained and acc_before <= threshold:
         causes.append(f"the model was at chance before pruning too (accuracy {acc_before:.3f}): train it longer")
     if not method.needs_trained:
         causes.append(f"too few epochs ({epochs}) for a method that prunes at initialisation or while training: "

@@ -503,14 +503,15 @@ def _add_class(child: str, sums: MomentSums, kept: list[tuple[torch.Tensor, torc
     """Add one class's connectivity of layer ``child`` to the running totals (and, where ``moments`` asked for
     them, i.e. ``cross`` holds the layer, its signed child–parent and parent–parent correlations)."""
     totals, cross, parents = accumulators
+    signed = sums.correlation(std_guard) if measure == "pearson" or child in cross else None
     if measure == "pearson":
-        totals[child] += sums.correlation(std_guard).abs()
+        totals[child] += signed.abs()
     else:
         parent = torch.cat([p for p, _ in kept])
         activations = torch.cat([q for _, q in kept])
         totals[child] += _mi_class(parent, activations, std_guard, seed, mi_options)
     if child in cross:
-        cross[child] += sums.correlation(std_guard)
+        cross[child] += signed
         parents[child] += sums.parent_correlation(std_guard)
 
 

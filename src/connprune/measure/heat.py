@@ -599,10 +599,12 @@ class HeatComparison:
         """``heat_distance`` = F at ``at`` (:meth:`time`), ``heat_t`` its t, ``heat_at`` what ``at`` named,
         ``heat_adjacency`` (``weighted`` or ``binary``), ``heat_t_star``, ``heat_t_sat`` and ``heat_distance_by_t``:
         F at the ``multiples`` of t*, at t_sat and at t = ∞ (closed form)."""
-        by_t = {f"{m:g}t*": self.distance(m * self.t_star) for m in multiples}
-        by_t.update({"t_sat": self.distance("t_sat"), "inf": saturated_distance(self.reference, self.pruned)})
+        times = {f"{m:g}t*": m * self.t_star for m in multiples} | {"t_sat": self.t_settled}
+        by_t = {name: self.distance(t) for name, t in times.items()}
+        by_t["inf"] = saturated_distance(self.reference, self.pruned)
         t = self.time(at)
-        return {"heat_distance": self.distance(t), "heat_t": t, "heat_at": at,
+        headline = next((by_t[name] for name, known in times.items() if known == t), None)
+        return {"heat_distance": self.distance(t) if headline is None else headline, "heat_t": t, "heat_at": at,
                 "heat_adjacency": "weighted" if self.reference.weighted else "binary", "heat_t_star": self.t_star,
                 "heat_t_sat": self.t_settled, "heat_distance_by_t": by_t}
 

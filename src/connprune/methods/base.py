@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -338,6 +339,16 @@ def output_width(model: nn.Module, example_inputs: ExampleInputs) -> int:
         raise UserError(f"{type(model).__name__} returns a {type(output).__name__}; connprune's methods need a model "
                         "that returns class logits (batch, classes)")
     return int(output.shape[-1])
+
+
+def train_with_masks(model: nn.Module, train: DataSource, test: DataSource | None, recipe: TrainConfig,
+                     masks: Mapping[str, torch.Tensor], *, description: str, device: torch.device | str | None = None,
+                     progress: bool = False) -> float:
+    """Train ``model`` for ``recipe.epochs`` in connprune's trainer with ``masks`` held at zero (a
+    :class:`~connprune.surgery.MaskEnforcer` on its optimiser): fine-tuning after pruning. Returns the seconds."""
+    trainer = Trainer(model, train, test, recipe, device=device, progress=progress, description=description)
+    MaskEnforcer(model, dict(masks), trainer.optimizer)
+    return trainer.fit().seconds
 
 
 def split_epochs(method: str, total: int, after: int | None, default_after: int | None = None) -> tuple[int, int]:

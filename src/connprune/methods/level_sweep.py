@@ -12,9 +12,9 @@ from torch import nn
 from connprune.data import read
 from connprune.errors import UserError
 from connprune.measure.sparsity import sparsity as sparsity_of
-from connprune.methods.base import PruneData
-from connprune.surgery import MaskEnforcer, apply_masks
-from connprune.train import Trainer, default_recipe, evaluate
+from connprune.methods.base import PruneData, train_with_masks
+from connprune.surgery import apply_masks
+from connprune.train import default_recipe, evaluate
 
 Masks = dict[str, torch.Tensor]
 
@@ -40,10 +40,8 @@ def sweep_prune_levels(model: nn.Module, data: PruneData, grid: list[float],
         masks, info = masks_at(level)
         trial = apply_masks(copy.deepcopy(model), masks)
         if epochs > 0:
-            trainer = Trainer(trial, training, None, recipe.model_copy(update={"epochs": epochs, "seed": seed}),
-                              device=data.device, progress=False, description=f"π={level:.3f}")
-            MaskEnforcer(trial, masks, trainer.optimizer)
-            trainer.fit()
+            train_with_masks(trial, training, None, recipe.model_copy(update={"epochs": epochs, "seed": seed}), masks,
+                             device=data.device, description=f"π={level:.3f}")
         accuracy = float(evaluate(trial, validation, device=data.device)["accuracy"])
         reached = float(sparsity_of(model, masks))
         rows.append({"prune_level": level, "sparsity": reached, "val_accuracy": accuracy})
