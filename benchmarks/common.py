@@ -8,24 +8,30 @@
 - :func:`print_table`: a rich table of a list of dicts; :func:`markdown_table`: the same rows as Markdown.
 - :func:`cpu_busy` / :class:`QuietGate`: how busy other processes keep the CPUs, and waiting (within a budget) for
   them to stop before a timing, for machines shared with other jobs.
+- :func:`mean_std` / :func:`outcome`: seed statistics and the paired wins / ties / loses rule of the verdicts.
+- :func:`load_study_config`: a study script's ``--config FILE.yaml`` (keys: the script's own options), validated,
+  as parser defaults (``configs/studies/``).
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from connprune.utils.io import atomic_path, write_json
 
-__all__ = ["QuietGate", "cpu_busy", "cpu_model", "load_average", "machine", "markdown_table", "print_table",
-           "save_results", "save_text"]
+__all__ = ["QuietGate", "cpu_busy", "cpu_model", "load_average", "load_study_config", "machine", "markdown_table",
+           "mean_std", "outcome", "print_table", "save_results", "save_text"]
 
 
 def cpu_model() -> str:
@@ -197,3 +203,89 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
     lines += ["| " + " | ".join(_cell(row.get(key)).replace("|", "\\|") for key in keys) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _config_value(value: Any, action: argparse.Action) -> Any:
+    """One value of a config key converted as ``action`` would convert it; ValueError when it has the wrong type."""
+    kind = action.type or str
+    if isinstance(value, bool):
+        raise ValueError
+    if kind is int and not isinstance(value, int) or kind is float and not isinstance(value, (int, float)):
+        raise ValueError
+    if kind is str and not isinstance(value, str):
+        raise ValueError
+    try:
+        value = kind(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        raise ValueError from error
+    if action.choices is not None and value not in action.choices:
+        raise ValueError
+    return value
+
+
+def load_study_config(path: str | os.PathLike[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The options of a study config (YAML, ``yaml.safe_load``) as defaults for ``parser``.
+
+    Keys are the parser's option names as Python names (``dest``: ``finetune_epochs`` for ``--finetune-epochs``);
+    values are what the option takes: a number, text, true/false for a flag, a list for an option of several values,
+    null where the option's default is None. Use ``parser.set_defaults(**load_study_config(path, parser))``, so that
+    flags on the command line still override the file. A missing file, an unknown key or a wrong type exits with
+    status 2 and one line naming the key and the fix."""
+    import yaml
+
+    def fail(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: --config {path}: {message}\n")
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        fail(f"cannot read it ({' '.join(str(error).split())}); pass an existing YAML file")
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        fail("the file must hold a mapping of option names to values (e.g. `epochs: 6`)")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.option_strings}
+    defaults: dict[str, Any] = {}
+    for key, value in loaded.items():
+        action = actions.get(key)
+        if action is None:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), actions, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            fail(f"unknown key '{key}'; {hint}the keys are the script's options: {', '.join(actions)}")
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        several = action.nargs in ("+", "*")
+        kind = action.metavar or getattr(action.type, "__name__", "str")
+        want = "true or false" if flag else f"a list of {kind}" if several else kind
+        try:
+            if flag:
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif value is None:
+                if action.default is not None:
+                    raise ValueError
+            elif several:
+                if not isinstance(value, list) or (action.nargs == "+" and not value):
+                    raise ValueError
+                value = [_config_value(v, action) for v in value]
+            else:
+                value = _config_value(value, action)
+        except ValueError:
+            choices = f" among {sorted(action.choices)}" if action.choices is not None else ""
+            fail(f"key '{key}': {value!r} is not {want}{choices}; give it {want} (what "
+                 f"`{action.option_strings[0]}` takes)")
+        defaults[key] = value
+    return defaults
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def outcome(diffs: Sequence[float]) -> str:
+    """``wins`` / ``ties`` / ``loses`` for paired differences (ours − theirs) over seeds: a tie when the mean is within
+    one standard deviation of the differences (with one seed: only when equal)."""
+    mean, spread = mean_std(diffs)
+    if abs(mean) <= spread:
+        return "ties"
+    return "wins" if mean > 0 else "loses"
