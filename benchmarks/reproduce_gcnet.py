@@ -33,6 +33,9 @@ and the dense models are kept next to it; rerunning the same command skips what 
 
 Run: ``python benchmarks/reproduce_gcnet.py [--full] [--seeds 0 1 2] [--out DIR]``;
 ``--suite cifar10`` / ``tiny-imagenet`` run ResNet-18 / VGG-16 on the partial data sets here (GPU-sized).
+``--config FILE.yaml`` reads the options from a file (keys: their dest names; flags on the command line override
+it): ``configs/studies/gcnet-lenet-cpu.yaml`` holds the settings of the committed results, ``gcnet-lenet-full.yaml``
+those of ``--full``; the results JSON records the file and its content.
 """
 
 from __future__ import annotations
@@ -49,9 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, print_table, save_results, save_text  # noqa: E402
+from common import (load_study_config, machine, markdown_table, mean_std, outcome, print_table,  # noqa: E402
+                    save_results, save_text)
 
 from connprune import data, methods, models  # noqa: E402
 from connprune.data import ImageData  # noqa: E402
@@ -148,10 +153,6 @@ def dense_model(name: str, config: dict, train: ImageData, test: ImageData, epoc
     return model.eval(), history
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def cell(run: dict[str, Any]) -> tuple[str, str, float]:
     return run["data"], run["model"], run["sparsity"]
 
@@ -178,14 +179,6 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     row[f"delta_{metric}"], row[f"delta_{metric}_std"] = mean_std(diffs)
         rows.append(row)
     return rows
-
-
-def outcome(diffs: list[float]) -> str:
-    """wins / ties / loses for paired differences (ours − theirs) over seeds: a tie within one std of them."""
-    mean, spread = mean_std(diffs)
-    if abs(mean) <= spread:  # one seed: a tie only when equal
-        return "ties"
-    return "wins" if mean > 0 else "loses"
 
 
 CLAIMS = {
@@ -288,8 +281,23 @@ def plot(rows: list[dict[str, Any]], dense: list[dict[str, Any]], path: Path, ti
     plt.close(fig)
 
 
-def parse() -> argparse.Namespace:
+def count_or_all(value: str | int) -> int | None:
+    """An image count, or ``all`` (None: every image)."""
+    if value == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(value)
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive count or 'all'")
+    return count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options; ``--config FILE.yaml`` gives their defaults (keys: the options' dest names)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="a study config (configs/studies/*.yaml): defaults for these "
+                        "options, which flags on the command line override")
     parser.add_argument("--suite", choices=sorted(SUITES), default="lenet")
     parser.add_argument("--data", nargs="+", help="data sets of the suite to run (default: all of the suite)")
     parser.add_argument("--models", nargs="+", help="models of the suite to run (default: all of the suite)")
@@ -301,12 +309,15 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--ghost-steps", type=int, default=50, help="the trained-ghost variant's steps (0: none)")
     parser.add_argument("--epochs", type=int, default=CPU["epochs"], help="dense training epochs (cosine)")
     parser.add_argument("--finetune-epochs", type=int, default=CPU["finetune_epochs"])
-    parser.add_argument("--train-subset", type=int, default=None, help="dense-training images (default: all)")
-    parser.add_argument("--finetune-subset", type=int, default=CPU["finetune_subset"],
+    parser.add_argument("--train-subset", type=count_or_all, default=None, metavar="N|all",
+                        help="dense-training images (default: all)")
+    parser.add_argument("--finetune-subset", type=count_or_all, default=CPU["finetune_subset"], metavar="N|all",
                         help="fine-tuning (and GC-Net probe) images drawn from the training set")
-    parser.add_argument("--test-subset", type=int, default=None, help="clean test images (default: all)")
+    parser.add_argument("--test-subset", type=count_or_all, default=None, metavar="N|all",
+                        help="clean test images (default: all)")
     parser.add_argument("--shift", default=CPU["shift"], help="corruptions for mCA (a --shift spec)")
-    parser.add_argument("--shift-subset", type=int, default=CPU["shift_subset"], help="test images corrupted")
+    parser.add_argument("--shift-subset", type=count_or_all, default=CPU["shift_subset"], metavar="N|all",
+                        help="test images corrupted")
     parser.add_argument("--severities", type=int, nargs="+", default=CPU["severities"],
                         help="corruption severities of --shift kept for mCA (--full: 1-5)")
     parser.add_argument("--probe-per-class", type=int, default=100)
@@ -319,7 +330,16 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--tag", default="", help="suffix of the result files' name (keeps other runs' files)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--rewrite", type=Path, help="only re-aggregate the runs of this result JSON (no training)")
-    args = parser.parse_args()
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``; default ``sys.argv[1:]``) over the ``--config`` file over the defaults."""
+    parser = build_parser()
+    config = parser.parse_known_args(argv)[0].config
+    if config is not None:
+        parser.set_defaults(**load_study_config(config, parser))
+    args = parser.parse_args(argv)
     if args.full and args.smoke:
         parser.error("--full and --smoke exclude each other")
     if args.full:
@@ -344,6 +364,17 @@ def settings_text(args: argparse.Namespace) -> str:
             f"test images ({args.shift}, severities {args.severities})")
 
 
+def study_settings(args: argparse.Namespace, method_specs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+    """The settings the results JSON records: every option (paths as text), the config file's content, the
+    variants."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if args.config is not None:
+        settings["config_content"] = yaml.safe_load(args.config.read_text())
+    return {**settings, "methods": {label: {"method": m, **p} for label, m, p in method_specs},
+            "finetune_lr": "a tenth of the data set's recipe lr (connprune prune's rule)",
+            "measure": "per-class |Pearson|, post-activation, std guard 1e-3 (reconstructed, gcnet.md §2)"}
+
+
 def main() -> None:
     args = parse()
     if args.rewrite:
@@ -357,10 +388,7 @@ def main() -> None:
     json_path = args.out / f"{name}.json"
     results: dict[str, Any] = {
         "benchmark": name, "title": f"GC-Net study, {args.suite}, {len(args.seeds)} seed(s); {settings_text(args)}",
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "methods": {label: {"method": m, **p} for label, m, p in method_specs},
-                     "finetune_lr": "a tenth of the data set's recipe lr (connprune prune's rule)",
-                     "measure": "per-class |Pearson|, post-activation, std guard 1e-3 (reconstructed, gcnet.md §2)"},
+        "settings": study_settings(args, method_specs),
         "paper": PAPER, "dense": [], "runs": [],
     }
     if json_path.exists():  # resume: keep what is done

@@ -36,7 +36,11 @@ Run (the CPU study; ~90 min on 2 cores): ``python benchmarks/reproduce_kfac.py``
 benchmarks/reproduce_kfac.py --full``; a check: ``python benchmarks/reproduce_kfac.py --smoke`` (writes to the temp
 folder). Results: ``benchmarks/results/reproduce_kfac_grid.{json,md}`` (``--full``: ``reproduce_kfac_grid_full``).
 The study does not run through ``connprune run``: its configs (``configs/``) cannot express the equal-neuron
-baselines, the BatchNorm variant or the verdicts. The one-seed Fashion-MNIST and ResNet-20 results
+baselines, the BatchNorm variant or the verdicts. ``--config FILE.yaml`` reads this script's options from a file
+instead (keys: their dest names; flags on the command line override it; the results JSON records the file and its
+content): ``configs/studies/kfac-grid-cpu.yaml`` holds the settings of the committed results (the defaults),
+``kfac-grid-full.yaml`` those of ``--full``. The options ``--epochs`` ... ``--train-samples`` change the size's
+settings (``shrunk`` then names the changes). The one-seed Fashion-MNIST and ResNet-20 results
 (``reproduce_kfac.md``, ``reproduce_kfac_resnet20.md``) came from this script's earlier form (commit be1edaf).
 """
 
@@ -44,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -52,10 +55,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, markdown_table, print_table, save_results, save_text  # noqa: E402
+from common import (load_average, load_study_config, machine, markdown_table, mean_std, print_table,  # noqa: E402
+                    save_results, save_text)
 
 from connprune import data, methods, models  # noqa: E402
 from connprune.data import ImageData  # noqa: E402
@@ -229,10 +234,6 @@ def cell_runs(model_name: str, dataset: str, sparsity: float, seed: int, betas: 
         yield row
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def cells(runs: list[dict[str, Any]]) -> list[tuple]:
     return sorted({(r["data"], r["model"], r["sparsity"]) for r in runs})
 
@@ -297,8 +298,33 @@ def verdicts(runs: list[dict[str, Any]], betas: list[float]) -> tuple[list[dict[
     return table, lines
 
 
-def main() -> None:
+SHRUNK = {
+    "cpu": "CPU-sized for ~90 min on 2 cores: 3 epochs, LeNet-300-100 at every sparsity, LeNet-5 at 0.7 only, "
+           "L1-filter 3 dense + 1 fine-tune epochs, β ∈ {0, 1e-2, 3e-2}, mCA over the 14 corruptions at "
+           "severity 3 on the first 2,000 test images (clean accuracy on the complete test set); data sets "
+           "complete; one thread",
+    "full": "paper-sized (GPU)", "smoke": "a pipeline check on 2,000 training images, not a result"}
+SIZED = ("epochs", "sparsities", "finetune_epochs", "shift", "severities", "shift_samples", "train_samples")
+"""Settings given by the size (``SIZES``) that an option (or a ``--config`` key) may change."""
+
+
+def model_sparsities(text: str) -> tuple[str, list[float]]:
+    """``MODEL=S,S,...`` (``lenet5=0.5,0.7``): the neuron sparsities of one model."""
+    model, _, values = text.partition("=")
+    try:
+        sparsities = [float(v) for v in values.split(",")]
+    except ValueError:
+        sparsities = []
+    if model not in MODELS or not sparsities or not all(0 < v < 1 for v in sparsities):
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODEL=S,S,... with MODEL in {list(MODELS)} and 0 < S < 1")
+    return model, sparsities
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options; ``--config FILE.yaml`` gives their defaults (keys: the options' dest names)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="a study config (configs/studies/*.yaml): defaults for these "
+                        "options, which flags on the command line override")
     parser.add_argument("--data-dir", type=Path, default=SHARED)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="paper-sized (GPU): 40 epochs, every cell, wide β grid")
@@ -307,30 +333,69 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--betas", type=float, nargs="+", help="β grid (0 is the ablation; default: by size)")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: by size")
+    parser.add_argument("--epochs", type=int, help="training epochs (K-FAC, the dense L1-filter and Network "
+                        "Slimming models; default: by size)")
+    parser.add_argument("--sparsities", type=model_sparsities, nargs="+", metavar="MODEL=S,S",
+                        help="neuron sparsities per model (default: by size; models not named keep the size's)")
+    parser.add_argument("--finetune-epochs", type=int, help="L1-filter's fine-tune epochs (default: by size)")
+    parser.add_argument("--shift", help="corruptions for mCA, a --shift spec (default: by size)")
+    parser.add_argument("--severities", type=int, nargs="+", help="severities kept for mCA (default: by size)")
+    parser.add_argument("--shift-samples", type=int, help="first test images corrupted (default: by size; "
+                        "cpu 2000, full all)")
+    parser.add_argument("--train-samples", type=int, help="first training images used (default: by size; "
+                        "cpu and full all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results; --smoke: a temp one)")
     parser.add_argument("--name", help="stem of the results files (default: reproduce_kfac_grid[_full|_smoke])")
-    args = parser.parse_args()
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``; default ``sys.argv[1:]``) over the ``--config`` file over the defaults."""
+    parser = build_parser()
+    config = parser.parse_known_args(argv)[0].config
+    if config is not None:
+        parser.set_defaults(**load_study_config(config, parser))
+    args = parser.parse_args(argv)
+    if args.full and args.smoke:
+        parser.error("--full and --smoke exclude each other")
     size_name = "full" if args.full else "smoke" if args.smoke else "cpu"
     if args.out is None:
         args.out = Path(tempfile.gettempdir()) if args.smoke else Path(__file__).parent / "results"
     args.name = args.name or "reproduce_kfac_grid" + ("" if size_name == "cpu" else f"_{size_name}")
+    return args
+
+
+def study_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the results JSON records: the size's, changed by the options of ``SIZED`` that are given
+    (``shrunk`` then names the changes), and the config file's path and content."""
+    size_name = "full" if args.full else "smoke" if args.smoke else "cpu"
     settings = {**SIZES[size_name], "size": size_name, "datasets": args.datasets, "models": args.models}
+    given = {key: getattr(args, key) for key in SIZED if getattr(args, key) is not None}
+    if "sparsities" in given:
+        given["sparsities"] = {**settings["sparsities"], **dict(given["sparsities"])}
+    changed = {key: value for key, value in given.items() if value != settings[key]}
+    settings.update(given)
     settings["betas"] = sorted(set(args.betas if args.betas is not None else settings["betas"]) | {0.0})
     settings["seeds"] = args.seeds if args.seeds is not None else settings["seeds"]
-    settings["shrunk"] = {
-        "cpu": "CPU-sized for ~90 min on 2 cores: 3 epochs, LeNet-300-100 at every sparsity, LeNet-5 at 0.7 only, "
-               "L1-filter 3 dense + 1 fine-tune epochs, β ∈ {0, 1e-2, 3e-2}, mCA over the 14 corruptions at "
-               "severity 3 on the first 2,000 test images (clean accuracy on the complete test set); data sets "
-               "complete; one thread",
-        "full": "paper-sized (GPU)", "smoke": "a pipeline check on 2,000 training images, not a result"}[size_name]
+    settings["shrunk"] = SHRUNK[size_name] + "".join(f"; changed: {k} = {v}" for k, v in changed.items())
+    if args.config is not None:
+        settings["config"] = str(args.config)
+        settings["config_content"] = yaml.safe_load(args.config.read_text())
+    return settings
+
+
+def main() -> None:
+    args = parse()
+    settings = study_settings(args)
     torch.set_num_threads(args.threads)
     path = args.out / f"{args.name}.json"
     runs: list[dict[str, Any]] = []
     if path.exists():
         previous = json.loads(path.read_text())
-        same = {k: v for k, v in previous["settings"].items() if k not in ("betas", "seeds", "datasets", "models")}
-        if same != {k: v for k, v in settings.items() if k not in ("betas", "seeds", "datasets", "models")}:
+        free = ("betas", "seeds", "datasets", "models", "config", "config_content")  # may differ on resuming
+        same = {k: v for k, v in previous["settings"].items() if k not in free}
+        if same != {k: v for k, v in settings.items() if k not in free}:
             raise SystemExit(f"{path} holds runs of other settings; pass another --out or --name")
         runs = previous["runs"]
     done = {(r["data"], r["model"], r["sparsity"], r["seed"], r["method"]) for r in runs}
