@@ -22,7 +22,7 @@ from torch import nn
 
 from connprune import models
 from connprune.errors import UserError
-from connprune.graph import ExampleInputs, build, probe
+from connprune.graph import ExampleInputs, ModelGraph, build, probe
 from connprune.plan import PruningResult
 from connprune.surgery import edits
 from connprune.surgery.masks import MaskEnforcer, apply_masks, check_masks, combine
@@ -30,7 +30,7 @@ from connprune.surgery.shrink import shrink as shrink_model
 
 
 def removal_masks(model: nn.Module, remove: dict[str, list[int]], example_inputs: ExampleInputs, *,
-                  exact_only: bool = True) -> dict[str, torch.Tensor]:
+                  exact_only: bool = True, graph: ModelGraph | None = None) -> dict[str, torch.Tensor]:
     """Express unit removals as masks: zero the removed units' input slices in every consumer, and their rows in
     every producer (depthwise convs included).
 
@@ -39,9 +39,9 @@ def removal_masks(model: nn.Module, remove: dict[str, list[int]], example_inputs
     the producers' rows as well makes the masked model hold exactly the non-zero weights the shrunk one keeps.
     UserError for channels coupled by a normalisation over them (LayerNorm, GroupNorm): removing those changes the
     statistics of the channels that stay, which no mask expresses (``exact_only=False``: mask them anyway, for
-    counting weights).
+    counting weights). ``graph``: ``model``'s graph when the caller has built it already.
     """
-    graph = build(model, example_inputs)
+    graph = graph or build(model, example_inputs)
     parameters = dict(model.named_parameters())
     masks: dict[str, torch.Tensor] = {}
 
@@ -93,7 +93,7 @@ def _shrunk_checked(model: nn.Module, masks: dict[str, torch.Tensor], remove: di
     graph = build(model, example_inputs)
     probe_inputs = probe(graph.example_inputs, batch=2, seed=1)
     exact = all(graph.group_of(layer).exact for layer in remove)
-    reference = _outputs(model, probe_inputs, combine(masks, removal_masks(model, remove, example_inputs))
+    reference = _outputs(model, probe_inputs, combine(masks, removal_masks(model, remove, example_inputs, graph=graph))
                          if exact else masks)
     shrunk = copy.deepcopy(model)
     try:
