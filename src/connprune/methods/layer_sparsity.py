@@ -34,13 +34,13 @@ Every reconstructed choice is an option here:
   best, and the model returns to that λ's weights. As docs/methods/layer-sparsity.md §3 step 8 says, the held-out
   accuracy is the *refitted* one: each λ's network is merged and refitted ``refit_epochs`` epochs (on the 90%) before
   it is scored, which adds ``refit_epochs`` per λ to the path's cost.
-* λ scale: the proximal step is ``η·λ`` with η the optimiser's learning rate, so useful λ depend on the recipe. With the
-  SGD recipes here (lr 0.05, cosine) λ ≈ 0.3–3 removes layers of 128–256-wide MLPs within a few hundred steps (see
-  ``benchmarks/results/layer_sparsity.md``); the grid 1e-5..1e-1 of docs/methods/layer-sparsity.md §4 is far too weak at
-  these training lengths. The default 1 removes the middle layer of the default MLP on digits at its default 30
-  epochs at no accuracy cost (docs/methods/layer-sparsity.md §6); a run that removes nothing says how far it was.
-  ``input_scaling`` stays off by default: on Fashion-MNIST (3 epochs) penalising the first layer too kept the middle
-  one from going (λ = 0.5 and 1), which it does without.
+* λ scale: the proximal step is ``η·λ`` with η the optimiser's learning rate, so useful λ depend on the recipe. With
+  the SGD recipes here (lr 0.05, cosine) λ ≈ 1–3 removes layers of 128–256-wide MLPs within a few hundred steps (λ = 1
+  on the default 256-128 MLP, 3 on a 6×128 one; see ``benchmarks/results/layer_sparsity.md``); the grid 1e-5..1e-1 of
+  docs/methods/layer-sparsity.md §4 is far too weak at these training lengths. The default 1 removes the middle layer
+  of the default MLP on digits at its default 30 epochs at no accuracy cost (docs/methods/layer-sparsity.md §6); a run
+  that removes nothing says how far it was. ``input_scaling`` stays off by default: on Fashion-MNIST (3 epochs)
+  penalising the first layer too kept the middle one from going (λ = 0.5 and 1), which it does without.
 * Refit (docs/methods/layer-sparsity.md §3 step 6): ``result.train_after`` epochs without the penalty on the merged
   network, from the merged weights (``refit_init="merged"``, default) or re-initialised (``"fresh"``).
 
