@@ -38,8 +38,8 @@ Every reconstructed choice is an option here:
   the SGD recipes here (lr 0.05, cosine) λ ≈ 1–3 removes layers of 128–256-wide MLPs within a few hundred steps (λ = 1
   on the default 256-128 MLP, 3 on a 6×128 one; see ``benchmarks/results/layer_sparsity.md``); the grid 1e-5..1e-1 of
   docs/methods/layer-sparsity.md §4 is far too weak at these training lengths. The default 1 removes the middle layer
-  of the default MLP on digits at its default 30 epochs at no accuracy cost (docs/methods/layer-sparsity.md §6); a run
-  that removes nothing says how far it was. ``input_scaling`` stays off by default: on Fashion-MNIST (3 epochs)
+  of the default MLP on digits at its default 30 epochs for 0.15 points (3 seeds; docs/methods/layer-sparsity.md §6);
+  a run that removes nothing says how far it was. ``input_scaling`` stays off by default: on Fashion-MNIST (3 epochs)
   penalising the first layer too kept the middle one from going (λ = 0.5 and 1), which it does without.
 * Refit (docs/methods/layer-sparsity.md §3 step 6): ``result.train_after`` epochs without the penalty on the merged
   network, from the merged weights (``refit_init="merged"``, default) or re-initialised (``"fresh"``).
