@@ -38,8 +38,9 @@ Placement (:func:`plan`; reconstructed where the paper is silent, see docs/metho
   it; where none fits (a conv → linear boundary) the walk moves on one layer. With ``auto`` only, a network too
   short for any span-k site gets the longest shorter span that places one; the span used is in every site (and
   spec). ``every``: one skip starting at every weight layer (overlapping spans), an option: on VGG-19 with SNIP at
-  5 % density it reaches every layer (F 8.3e-5 at t_sat vs chain's 1.2e-2, plain SNIP's 7.7e-3;
-  ``benchmarks/results/reproduce_n2nskip.md``) but holds about 3× as many skip tensors.
+  5 % density it reaches every layer (binary F 1.1e-4 at t_sat vs chain's 1.9e-2, plain SNIP's 8.5e-3; weighted F
+  at t* 0.011 vs 0.026 and 0.016; ``benchmarks/results/reproduce_n2nskip.md``) but holds about 3× as many skip
+  tensors.
 - ``blocks`` (the default for residual networks): one skip per residual block, from the block input (the input of
   its ``conv1``) to its last conv (``conv2`` of a basic block, ``conv3`` of a bottleneck), summed with the identity
   shortcut before the block's final ReLU; the spatial reduction is done by the branch conv's stride.
