@@ -31,7 +31,7 @@ import torch
 from connprune.utils.io import atomic_path, write_json
 
 __all__ = ["QuietGate", "cpu_busy", "cpu_model", "load_average", "load_study_config", "machine", "markdown_table",
-           "mean_std", "outcome", "print_table", "save_results", "save_text"]
+           "mean_std", "outcome", "parse_study_args", "print_table", "save_results", "save_text"]
 
 
 def cpu_model() -> str:
@@ -289,3 +289,12 @@ def outcome(diffs: Sequence[float]) -> str:
     if abs(mean) <= spread:
         return "ties"
     return "wins" if mean > 0 else "loses"
+
+
+def parse_study_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``argv`` (default ``sys.argv[1:]``) parsed by ``parser`` over its ``--config`` file (:func:`load_study_config`)
+    over its defaults."""
+    config = parser.parse_known_args(argv)[0].config
+    if config is not None:
+        parser.set_defaults(**load_study_config(config, parser))
+    return parser.parse_args(argv)

@@ -55,7 +55,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (load_study_config, machine, markdown_table, mean_std, outcome, print_table,  # noqa: E402
+from common import (machine, markdown_table, mean_std, outcome, parse_study_args, print_table,  # noqa: E402
                     save_results, save_text)
 
 from connprune import data, methods, models  # noqa: E402
@@ -336,10 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``argv``; default ``sys.argv[1:]``) over the ``--config`` file over the defaults."""
     parser = build_parser()
-    config = parser.parse_known_args(argv)[0].config
-    if config is not None:
-        parser.set_defaults(**load_study_config(config, parser))
-    args = parser.parse_args(argv)
+    args = parse_study_args(parser, argv)
     if args.full and args.smoke:
         parser.error("--full and --smoke exclude each other")
     if args.full:
