@@ -665,8 +665,7 @@ def main() -> None:
 
     class_rows: list[dict[str, Any]] = []
     widths = [args.width] * args.depth
-    if "classification" not in args.parts:
-        args.skip_fmnist = True
+    run_fmnist = "classification" in args.parts and not args.skip_fmnist
     digits_rows, _ = [], None
     if "classification" in args.parts:
         digits_rows, _ = classification("digits", data.load("digits", "train"), data.load("digits", "test"), widths,
@@ -678,7 +677,7 @@ def main() -> None:
         print_table(f"Warm-started λ path on digits (kept λ={path['chosen_lambda']:g}, depth {path['depth_after']}, "
                     f"refit accuracy {path['acc_refit']:.4f})", path["path"])
     fmnist_note = "skipped"
-    if not args.skip_fmnist:
+    if run_fmnist:
         train = data.load("fashion-mnist", "train", args.data_dir)
         if args.fmnist_train:
             train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
@@ -716,6 +715,7 @@ def main() -> None:
     if "classification" not in args.parts:
         class_rows = previous.get("classification", [])
         path = previous.get("warm_lambda_path_digits", {})
+        fmnist_note = previous.get("fmnist_note", fmnist_note)
     if "latency" not in args.parts:
         latency_rows = previous.get("latency", [])
     if "defaults" not in args.parts:
