@@ -61,7 +61,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VGG_S = [16, "M", 32, "M", 64, 64, "M"]
 """The VGG-style CNN: VGG's 3×3 conv + BN + ReLU stages and max pooling (:class:`connprune.models.vgg.VGG`), sized
 for 28×28 inputs on 2 CPU cores."""
-PLAIN, SKIP = "csp", "n2nskip-csp"
+PLAIN, SKIP, POOL_FIRST = "csp", "n2nskip-csp", "n2nskip-csp-pool-conv"
+"""The plain SNIP network, N2NSkip on it (the paper's), and N2NSkip with ``bridge=pool-conv`` (ours: skips crossing
+pools run at the target's resolution)."""
 COMPRESSED_SCHEDULE = [k / 10 for k in range(1, 10)]
 """The paper's ×0.5 every 30 of 300 epochs, as fractions of any run's length."""
 Setting = dict[tuple[str, str], tuple[int, int | None]]
@@ -150,6 +152,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=None, choices=["lenet5", "vgg-s"])
     parser.add_argument("--densities", type=float, nargs="+", default=None, help="default 0.05 0.02 0.01")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--full: 0-4)")
+    parser.add_argument("--variants", nargs="+", default=[SKIP], choices=[SKIP, POOL_FIRST],
+                        help="N2NSkip variants trained beside the plain network")
     parser.add_argument("--full", action="store_true", help="the paper-sized setting (GPU)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the output name (one per process)")
@@ -184,7 +188,10 @@ def main() -> None:
     path = args.out / f"n2nskip_claim{args.tag}.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": []}
     done = {key(r) for r in results["runs"]}
-    settings = {"command": " ".join(sys.argv), "full": args.full, "densities": args.densities, "seeds": args.seeds,
+    command = " ".join(sys.argv)
+    if results.get("settings", {}).get("command"):  # resumed or extended: keep what produced the earlier runs
+        command = f"{results['settings']['command']}; then {command}"
+    settings = {"command": command, "full": args.full, "densities": args.densities, "seeds": args.seeds,
                 "plan": [{"data": d, "model": m, "epochs": setting[d, m][0], "densities": args.densities,
                           "train_images": setting[d, m][1] or "all"} for d, m in plan],
                 "threads": args.threads, "vgg_s": VGG_S, "schedule": "paper's optimiser, lr x0.5 at every tenth"}
@@ -195,7 +202,7 @@ def main() -> None:
         test = data.load(data_name, "test", args.data_dir)
         for density in args.densities:
             for seed in args.seeds:
-                for label in (PLAIN, SKIP):
+                for label in (PLAIN, *args.variants):
                     where = {"data": data_name, "model": model_name, "density": density, "seed": seed}
                     if key({**where, "method": label}) in done:
                         continue
@@ -212,31 +219,34 @@ def main() -> None:
 
 
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell and method: means ± std over seeds; per cell the paired differences and the budget checks."""
+    """Per cell and N2NSkip variant: means ± std over seeds of it and of the plain network, the paired differences
+    (variant − plain) and the budget check."""
     rows = []
     for c in sorted({cell(r) for r in runs}, key=lambda c: (c[0], c[1], -c[2])):
         by = {(r["method"], r["seed"]): r for r in runs if cell(r) == c}
-        seeds = sorted(s for (m, s) in by if m == PLAIN and (SKIP, s) in by)
-        if not seeds:
-            continue
-        row: dict[str, Any] = {"data": c[0], "model": c[1], "density": c[2], "seeds": len(seeds),
-                               "nonzero": by[PLAIN, seeds[0]]["nonzero_weights"],
-                               "equal_nonzero": all(by[PLAIN, s]["nonzero_weights"] == by[SKIP, s]["nonzero_weights"]
-                                                    for s in seeds),
-                               **{f"{m}_ratio": by[SKIP, seeds[0]][m] / by[PLAIN, seeds[0]][m]
-                                  for m in ("macs", "sparse_macs")}}
-        for metric in ("accuracy", "accuracy_epoch1", "mean_accuracy", "F_weighted_t*"):
-            for label in (PLAIN, SKIP):
-                row[f"{metric}_{label}"], row[f"{metric}_{label}_std"] = mean_std([by[label, s][metric]
-                                                                                   for s in seeds])
-            if metric != "F_weighted_t*":
-                diffs = [by[SKIP, s][metric] - by[PLAIN, s][metric] for s in seeds]
-                row[f"delta_{metric}"], row[f"delta_{metric}_std"] = mean_std(diffs)
-                row[f"verdict_{metric}"] = outcome(diffs) if len(diffs) > 1 else "undecided (one seed)"
-        curves = [by[label, s]["accuracy_per_epoch"] for label in (PLAIN, SKIP) for s in seeds]
-        row["last_epoch_gain"] = max(abs(curve[-1] - curve[-2]) for curve in curves)
-        rows.append(row)
+        for variant in (SKIP, POOL_FIRST):
+            seeds = sorted(s for (m, s) in by if m == PLAIN and (variant, s) in by)
+            if seeds:
+                rows.append(_paired_row(c, variant, [(by[PLAIN, s], by[variant, s]) for s in seeds]))
     return rows
+
+
+def _paired_row(c: tuple, variant: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    plain, skip = pairs[0]
+    row: dict[str, Any] = {"data": c[0], "model": c[1], "density": c[2], "variant": variant, "seeds": len(pairs),
+                           "nonzero": plain["nonzero_weights"],
+                           "equal_nonzero": all(a["nonzero_weights"] == b["nonzero_weights"] for a, b in pairs),
+                           **{f"{m}_ratio": skip[m] / plain[m] for m in ("macs", "sparse_macs")}}
+    for metric in ("accuracy", "accuracy_epoch1", "mean_accuracy", "F_weighted_t*"):
+        for side, index in (("csp", 0), ("skip", 1)):
+            row[f"{metric}_{side}"], row[f"{metric}_{side}_std"] = mean_std([pair[index][metric] for pair in pairs])
+        if metric != "F_weighted_t*":
+            diffs = [b[metric] - a[metric] for a, b in pairs]
+            row[f"delta_{metric}"], row[f"delta_{metric}_std"] = mean_std(diffs)
+            row[f"verdict_{metric}"] = outcome(diffs) if len(diffs) > 1 else "undecided (one seed)"
+    curves = [run["accuracy_per_epoch"] for pair in pairs for run in pair]
+    row["last_epoch_gain"] = max(abs(curve[-1] - curve[-2]) for curve in curves)
+    return row
 
 
 WEAK = ("Short training: LeNet-5 6 epochs, vgg-s 3 epochs on a third of MNIST / Fashion-MNIST and 12 on the partial "
@@ -246,7 +256,8 @@ WEAK = ("Short training: LeNet-5 6 epochs, vgg-s 3 epochs on a third of MNIST / 
         "classifier dense, which alone exceeds a 1–2 % budget on these small networks. Small networks (LeNet-5, a "
         "16-32-64-64 VGG), not the paper's VGG-19 / ResNet-50. Equal non-zeros is not equal compute: N2NSkip's skip "
         "convolutions run at their source's resolution, so if every layer ran only its non-zeros vgg-s would do "
-        "2.2–3.8× the plain network's multiply-adds (`sparse_macs_ratio`; LeNet-5 0.5–0.8×, its skips are linear). "
+        "2.2–3.8× the plain network's multiply-adds (`sparse_macs_ratio`; LeNet-5 0.5–0.8×, its skips are linear); "
+        "the pool-conv variant (ours, not the paper's) is the equal-compute control. "
         "3 seeds: a tie is within one std of the paired differences, not a significance test. 2 shared CPU cores "
         "(the machine and its load are in the JSON).")
 PAPER_NOTE = ("The paper's Table 1 (CIFAR-10, 300 epochs, mean of 5 runs; not measured here): VGG-19 CSP / "
@@ -267,32 +278,34 @@ CLAIMS = {"higher accuracy at high sparsity": [("accuracy", "final test accuracy
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per claim and metric: the tally over the cells at equal non-zeros with two or more seeds and the
-    overall outcome: ``reproduced`` when N2NSkip wins more cells than it ties and loses together, ``partly`` when it
-    wins some and loses none."""
-    fair = [r for r in rows if r["equal_nonzero"] and r["seeds"] > 1]
+    """One line per N2NSkip variant, claim and metric: the tally over the cells at equal non-zeros with two or more
+    seeds and the overall outcome: ``reproduced`` when the variant wins more cells than it ties and loses together,
+    ``partly`` when it wins some and loses none."""
     lines = []
-    for claim, metrics in CLAIMS.items():
-        for metric, what in metrics:
-            tally = {word: sum(r[f"verdict_{metric}"] == word for r in fair) for word in ("wins", "ties", "loses")}
-            overall = ("undecided (no cell at equal non-zeros with 2+ seeds)" if not fair else
-                       "reproduced" if tally["wins"] > tally["ties"] + tally["loses"] else
-                       "not reproduced (N2NSkip loses)" if tally["loses"] > tally["wins"] + tally["ties"] else
-                       "partly reproduced (wins in some cells, ties in the rest, never loses)"
-                       if tally["wins"] and not tally["loses"] else
-                       "not reproduced (ties within the seed spread or mixed)")
-            cells = "; ".join(f"{r['data']}/{r['model']}@{r['density']:g} {r[f'verdict_{metric}']} "
-                              f"({r[f'delta_{metric}']:+.4f} ± {r[f'delta_{metric}_std']:.4f})" for r in fair)
-            lines.append(f"Claim '{claim}' on {what}: **{overall}** — N2NSkip-CSP vs CSP wins {tally['wins']}, "
-                         f"ties {tally['ties']}, loses {tally['loses']} of {len(fair)} cells: {cells}")
+    for variant, name in ((SKIP, "N2NSkip-CSP"), (POOL_FIRST, "N2NSkip-CSP with bridge=pool-conv (ours)")):
+        fair = [r for r in rows if r["variant"] == variant and r["equal_nonzero"] and r["seeds"] > 1]
+        if variant == POOL_FIRST and not fair:
+            continue
+        for claim, metrics in CLAIMS.items():
+            for metric, what in metrics:
+                tally = {word: sum(r[f"verdict_{metric}"] == word for r in fair) for word in ("wins", "ties", "loses")}
+                overall = ("undecided (no cell at equal non-zeros with 2+ seeds)" if not fair else
+                           "reproduced" if tally["wins"] > tally["ties"] + tally["loses"] else
+                           "not reproduced (N2NSkip loses)" if tally["loses"] > tally["wins"] + tally["ties"] else
+                           "partly reproduced (wins in some cells, ties in the rest, never loses)"
+                           if tally["wins"] and not tally["loses"] else
+                           "not reproduced (ties within the seed spread or mixed)")
+                cells = "; ".join(f"{r['data']}/{r['model']}@{r['density']:g} {r[f'verdict_{metric}']} "
+                                  f"({r[f'delta_{metric}']:+.4f} ± {r[f'delta_{metric}_std']:.4f})" for r in fair)
+                lines.append(f"Claim '{claim}' on {what}: **{overall}** — {name} vs CSP wins {tally['wins']}, "
+                             f"ties {tally['ties']}, loses {tally['loses']} of {len(fair)} cells: {cells}")
     return lines
 
 
-COLUMNS = ["data", "model", "density", "seeds", "nonzero", "equal_nonzero", "macs_ratio", "sparse_macs_ratio",
-           "accuracy_csp",
-           "accuracy_csp_std", "accuracy_n2nskip-csp", "accuracy_n2nskip-csp_std", "delta_accuracy",
-           "delta_accuracy_std", "delta_accuracy_epoch1", "delta_mean_accuracy", "F_weighted_t*_csp",
-           "F_weighted_t*_n2nskip-csp", "last_epoch_gain"]
+COLUMNS = ["data", "model", "density", "variant", "seeds", "nonzero", "equal_nonzero", "macs_ratio",
+           "sparse_macs_ratio", "accuracy_csp", "accuracy_csp_std", "accuracy_skip", "accuracy_skip_std",
+           "delta_accuracy", "delta_accuracy_std", "delta_accuracy_epoch1", "delta_mean_accuracy", "F_weighted_t*_csp",
+           "F_weighted_t*_skip", "last_epoch_gain"]
 
 
 def write(path: Path, results: dict[str, Any], render_outputs: bool = True) -> None:
@@ -306,6 +319,9 @@ def write(path: Path, results: dict[str, Any], render_outputs: bool = True) -> N
     print("\n".join(lines))
     plan = results["settings"]["plan"]
     text = ["# N2NSkip vs the plain pruned network at 1–5 % density\n",
+            "`variant`: `n2nskip-csp` (the paper's N2NSkip, skips bridged as in the code release) or "
+            "`n2nskip-csp-pool-conv` (ours: skips crossing pools run at the target's resolution); `_skip` columns "
+            "are the variant's, `_csp` the plain network's, `delta_` the paired differences variant − plain. "
             "Both pruned at initialisation by SNIP (CSP) at the same non-zero count (sequential + skip weights, "
             "checked per pair: `equal_nonzero`), trained from scratch with the paper's optimiser and its lr schedule "
             "compressed to the run. Paired over seeds; a win or loss needs the mean paired difference to exceed "
@@ -341,7 +357,7 @@ def plot(runs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> 
             if not any(r["density"] == density and (r["data"], r["model"]) == (data_name, model_name) for r in rows):
                 ax.set_axis_off()
                 continue
-            for k, label in enumerate((PLAIN, SKIP)):
+            for k, label in enumerate((PLAIN, SKIP, POOL_FIRST)):
                 curves = np.array([r["accuracy_per_epoch"] for r in runs if (r["data"], r["model"], r["density"],
                                    r["method"]) == (data_name, model_name, density, label)])
                 if curves.size:

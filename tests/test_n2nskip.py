@@ -117,6 +117,20 @@ def test_n2nskip_costs_about_the_plain_pruned_networks_macs(digits_train, base):
     assert plain_macs < count_macs(model, DIGITS) <= 1.2 * plain_macs
 
 
+def test_pool_conv_bridge_lowers_the_skips_macs(digits_train):
+    """``bridge=pool-conv`` reaches the branches' specs and pools before the sparse conv, so the same skip
+    non-zeros cost fewer MACs than the code release's conv-then-pool (the closed form is in tests/test_skips.py)."""
+    macs = {}
+    for bridge in ("conv-pool", "pool-conv"):
+        model = models.create("vgg11", in_channels=1, input_size=8)
+        plain = count_macs(model, DIGITS)
+        result = methods.create("n2nskip", base="snip", bridge=bridge).prune(model, 0.95, PruneData(train=digits_train))
+        assert {s["bridge"] for s in result.skips} == {bridge}
+        model, _ = surgery.apply(model, result, shrink=False, example_inputs=DIGITS)
+        macs[bridge] = count_macs(model, DIGITS) - plain
+    assert 0 < macs["pool-conv"] < macs["conv-pool"]
+
+
 @pytest.mark.parametrize("build", [lambda: models.create("vgg11", in_channels=1, input_size=8), resnet])
 def test_resskip_sits_where_n2nskip_does(build):
     """Section 4.1's comparison: ResSkip's dense skips at N2NSkip's sites (one per block by default)."""

@@ -54,4 +54,5 @@ def test_paired_verdicts_win_tie_and_unequal_budgets(claim):
     assert "ties 1" in lines[1]
     runs[3]["nonzero_weights"] = 101  # a pair off budget is left out of the verdicts
     (row,) = claim.summary(runs)
-    assert not row["equal_nonzero"] and "undecided (no cell at equal non-zeros with 2+ seeds)" in claim.verdicts([row])[0]
+    assert not row["equal_nonzero"]
+    assert "undecided (no cell at equal non-zeros with 2+ seeds)" in claim.verdicts([row])[0]

@@ -301,3 +301,30 @@ def test_bad_specs_are_user_errors():
     edits.perform(model, {"op": "skip", **site.spec("0", "n2n", connections=3)})
     with pytest.raises(UserError, match="already has a skip"):
         edits.perform(model, {"op": "skip", **site.spec("0", "n2n", connections=3)})
+
+
+def test_pool_conv_bridge_pools_first_and_costs_the_targets_positions(tmp_path):
+    """``bridge=pool-conv``: the branch is relu(bn(conv_s(maxpool(a^l)))) (oracle: the same ops by hand), its
+    counted MACs are its non-zeros × the target's positions (closed form), and the spec survives a checkpoint."""
+    plain, model, code_release = (models.create("vgg11", in_channels=3, input_size=16) for _ in range(3))
+    shape = (3, 16, 16)
+    site = skips.plan(model, shape, placement="chain")[0]  # features.0 (16×16 input) → features.8 (4×4)
+    masks = {}
+    for net, bridge in ((model, "pool-conv"), (code_release, "conv-pool")):
+        spec = site.spec("0", "n2n", connections=2 * site.out_units, seed=3, layout="fan-in", bridge=bridge)
+        masks[bridge] = edits.perform(net, {"op": "skip", **spec}, {})
+    branch = model.skips["0"].eval()
+    x = torch.randn(2, *shape)
+    weight = branch.conv.weight * masks["pool-conv"]["skips.0.conv.weight"]
+    by_hand = torch.relu(branch.bn(torch.nn.functional.conv2d(
+        torch.nn.functional.adaptive_max_pool2d(x, site.output_size), weight, padding=branch.conv.padding)))
+    torch.testing.assert_close(branch(x), by_hand)
+    nonzero = int(masks["pool-conv"]["skips.0.conv.weight"].sum())
+    positions = site.output_size[0] * site.output_size[1]
+    assert count_macs(model, shape) - count_macs(plain, shape) == nonzero * positions
+    assert count_macs(code_release, shape) - count_macs(plain, shape) == nonzero * shape[1] * shape[2]
+    checkpoint.save(model, tmp_path / "ck", masks=masks["pool-conv"])
+    loaded = checkpoint.load_checkpoint(tmp_path / "ck").model.eval()
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    with pytest.raises(UserError, match="unknown bridge"):
+        skips.SparseSkip({**site.spec("1", "n2n", 1, bridge="pool-conv"), "bridge": "sideways"})

@@ -100,6 +100,10 @@ class N2NSkipParams(SkipParams):
     layout: skip_surgery.Layout = "fan-in"
     """How each skip's connections are drawn: ``fan-in`` (the same number per target unit, the code release's rule,
     so every target unit gets one once a skip holds ``out_units`` connections) or ``uniform`` over all unit pairs."""
+    bridge: skip_surgery.Bridge = "conv-pool"
+    """Where a chain skip that crosses pooling layers is pooled: ``conv-pool`` (the code release: the sparse conv at
+    the source's resolution, then a max-pool to the target's size) or ``pool-conv`` (ours: max-pool first, the conv at
+    the target's resolution, so its MACs follow the target's positions; docs/methods/n2nskip.md §3 step 2)."""
     kernel_size: int | None = Field(None, ge=1)
     """Skip convs' kernel (``None``: the source layer's kernel: 3 in VGG chains, 1 in bottleneck blocks)."""
 
@@ -238,8 +242,8 @@ class N2NSkip(_SkipMethod):
         skip_nonzero = sum(p * site.kernel_area for p, site in zip(pairs, sites))
         masks, unit = self._base_masks(model, budget - skip_nonzero, data)
         sequential = sum(int(m.sum()) for m in masks.values())
-        specs = [site.spec(str(i), "n2n", connections=p, seed=self.params.seed * 1000 + i, layout=self.params.layout)
-                 for i, (site, p) in enumerate(zip(sites, pairs)) if p > 0]
+        specs = [site.spec(str(i), "n2n", connections=p, seed=self.params.seed * 1000 + i, layout=self.params.layout,
+                           bridge=self.params.bridge) for i, (site, p) in enumerate(zip(sites, pairs)) if p > 0]
         info = {
             "nonzero_weights": sequential + skip_nonzero, "nonzero_sequential": sequential,
             "nonzero_skip": skip_nonzero, "plain_nonzero_weights": budget, "reference_weights": reference,

@@ -19,7 +19,9 @@ replayed by :func:`connprune.checkpoint.load`) is::
     {"op": "skip", "name": "0", "kind": "n2n" | "res", "source": LAYER, "target": LAYER,
      "add_to": MODULE | "", "in_units": C_in, "out_units": C_out, "kernel_size": f, "stride": s,
      "output_size": [H, W] | null, "connections": n_pairs, "seed": seed,
-     "layout": "uniform" | "fan-in"}
+     "layout": "uniform" | "fan-in", "bridge": "conv-pool" | "pool-conv"}
+
+(a spec without ``bridge``, as older checkpoints hold, is ``conv-pool``).
 
 ``add_to`` names the activation module (a ``nn.ReLU``) whose *input* receives the branch (a forward pre-hook, so
 that in a residual block the branch is summed with the identity shortcut before the block's last ReLU), or ``""``
@@ -46,7 +48,10 @@ Placement (:func:`plan`; reconstructed where the paper is silent, see docs/metho
   shortcut before the block's final ReLU; the spatial reduction is done by the branch conv's stride.
 
 Spatial mismatches in chains (VGG's max-pools inside a span) are bridged as in the code release:
-``pool(relu(bn(conv_s(a^l))))`` with a max-pool to the target's size.
+``pool(relu(bn(conv_s(a^l))))`` with a max-pool to the target's size (spec ``"bridge": "conv-pool"``, the default).
+``"bridge": "pool-conv"`` (ours, an option) max-pools ``a^l`` to the target's size first and runs ``conv_s`` there:
+``relu(bn(conv_s(pool(a^l))))``, so the branch's multiply-adds follow the target's positions, not the source's
+(a skip from a VGG's 32×32 input to its 8×8 third stage costs 16× less).
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ CONTAINER = "skips"
 Placement = Literal["auto", "chain", "every", "blocks"]
 Layout = Literal["uniform", "fan-in"]
 """How a sparse branch's connections are spread over its unit pairs (:func:`connection_mask`)."""
+Bridge = Literal["conv-pool", "pool-conv"]
+"""Where a chain branch crossing pools is pooled: after ``conv_s`` (the code release) or before it (ours)."""
+BRIDGES = ("conv-pool", "pool-conv")
 LAYOUTS: tuple[str, ...] = ("uniform", "fan-in")
 
 
@@ -105,12 +113,13 @@ class SkipSite:
         return self.in_units * self.out_units
 
     def spec(self, name: str, kind: Literal["n2n", "res"], connections: int = 0, seed: int = 0,
-             layout: Layout = "uniform") -> dict[str, Any]:
+             layout: Layout = "uniform", bridge: Bridge = "conv-pool") -> dict[str, Any]:
         """The JSON edit spec for this site (without ``op``, as :attr:`PruningResult.skips` holds it)."""
         return {"name": name, "kind": kind, "source": self.source, "target": self.target, "add_to": self.add_to,
                 "in_units": self.in_units, "out_units": self.out_units, "kernel_size": self.kernel_size,
                 "stride": self.stride, "output_size": list(self.output_size) if self.output_size else None,
-                "connections": int(connections), "seed": int(seed), "span": self.span, "layout": layout}
+                "connections": int(connections), "seed": int(seed), "span": self.span, "layout": layout,
+                "bridge": bridge}
 
 
 def _trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[list[str], dict[str, tuple[int, ...]],
@@ -288,6 +297,11 @@ class SparseSkip(SkipBranch):
         super().__init__()
         in_units, out_units = int(site_spec["in_units"]), int(site_spec["out_units"])
         self.output_size = tuple(site_spec["output_size"]) if site_spec.get("output_size") else None
+        bridge = site_spec.get("bridge", "conv-pool")
+        if bridge not in BRIDGES:
+            raise UserError(f"skip {site_spec.get('name')!r}: unknown bridge {bridge!r}; choose {' or '.join(BRIDGES)}")
+        self.pool_first = bridge == "pool-conv"
+        """Max-pool ``a^l`` to the target's size before ``conv_s`` (``bridge="pool-conv"``) instead of after."""
         if self.output_size is not None:
             kernel = int(site_spec["kernel_size"])
             self.conv = nn.Conv2d(in_units, out_units, kernel, stride=int(site_spec["stride"]), padding=kernel // 2,
@@ -331,6 +345,8 @@ class SparseSkip(SkipBranch):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         compact = self.compact and self.sources is not None
+        if self.pool_first and self.output_size is not None and tuple(x.shape[-2:]) != self.output_size:
+            x = F.adaptive_max_pool2d(x, self.output_size)
         out = self.relu(self.bn(self._compact(x) if compact else self.conv(x)))
         if self.output_size is not None and tuple(out.shape[-2:]) != self.output_size:
             out = F.adaptive_max_pool2d(out, self.output_size)
