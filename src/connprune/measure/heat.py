@@ -448,8 +448,8 @@ def signature_distance(reference: UnitGraph, pruned: UnitGraph, t: float, method
 def saturated_signature(graph: UnitGraph) -> np.ndarray:
     """``S(∞) = lim_{t→∞} exp(−tL) A`` in closed form: ``exp(−tL)`` tends to the projection onto L's null space,
     spanned by the indicators of the connected components, so ``S_i(∞) = |sources in C(i)| / |C(i)|``
-    (see docs/methods/n2nskip.md §2). Components by :func:`scipy.sparse.csgraph.connected_components`; exact, no
-    ``t`` to choose."""
+    (the limit of the paper's Eq. 6 signature, derived under "Definitions" in docs/methods/n2nskip.md). Components
+    by :func:`scipy.sparse.csgraph.connected_components`; exact, no ``t`` to choose."""
     count, labels = csgraph.connected_components(graph.adjacency, directed=False)
     heat = np.bincount(labels, weights=graph.sources, minlength=count)
     size = np.bincount(labels, minlength=count)
@@ -526,7 +526,8 @@ def settling_time(graph: UnitGraph, tolerance: float = SETTLED) -> float:
     """``t_sat = ln(1/tolerance) / λ_2``: from then on every non-constant mode of ``exp(−tL)`` has decayed below
     ``tolerance``, so ``||S(t) − S(∞)||_2 ≤ tolerance·||A||_2`` — the graph's heat distribution has saturated.
 
-    Reconstructed (see docs/methods/n2nskip.md §8; the paper evaluates Table 3 at a "large t" it does not state):
+    Reconstructed (docs/methods/n2nskip.md, "Open questions"; the paper evaluates Table 3 at a "large t" it does not
+    state):
     F at the *reference's* settling time compares the pruned network with a saturated reference, while heat in weakly
     connected pruned networks (small λ_2) is still on its way; F(∞) (:func:`saturated_distance`) sees only
     disconnected units. On the zoo's dense VGG-19 (CIFAR input) t_sat ≈ 57 t*, inside the t range of the paper's

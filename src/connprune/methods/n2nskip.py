@@ -9,7 +9,7 @@ network at the same sparsity: ``nnz(sequential) + nnz(skip) = nnz(plain)``, spli
 from scratch with masks fixed (``connprune prune`` trains ``--epochs`` after surgery, :class:`MaskEnforcer` keeping
 both sequential and skip masks).
 
-Budget arithmetic (docs/methods/n2nskip.md §3 steps 3–5; exact, not ± rounding):
+Budget arithmetic (docs/methods/n2nskip.md, "Algorithm" steps 3–5; exact, not ± rounding):
 
 1. ``T`` = the plain method's kept count: ``N − round(s·N)`` (global) or ``Σ_l n_l − round(s·n_l)`` (per layer), as
    :func:`connprune.measure.importance.keep_top` keeps it.
