@@ -103,7 +103,7 @@ class N2NSkipParams(SkipParams):
     bridge: skip_surgery.Bridge = "conv-pool"
     """Where a chain skip that crosses pooling layers is pooled: ``conv-pool`` (the code release: the sparse conv at
     the source's resolution, then a max-pool to the target's size) or ``pool-conv`` (ours: max-pool first, the conv at
-    the target's resolution, so its MACs follow the target's positions; docs/methods/n2nskip.md §3 step 2)."""
+    the target's resolution, so its MACs follow the target's positions; docs/methods/n2nskip.md, "Algorithm" step 2)."""
     kernel_size: int | None = Field(None, ge=1)
     """Skip convs' kernel (``None``: the source layer's kernel: 3 in VGG chains, 1 in bottleneck blocks)."""
 

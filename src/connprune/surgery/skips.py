@@ -59,7 +59,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +77,8 @@ Layout = Literal["uniform", "fan-in"]
 """How a sparse branch's connections are spread over its unit pairs (:func:`connection_mask`)."""
 Bridge = Literal["conv-pool", "pool-conv"]
 """Where a chain branch crossing pools is pooled: after ``conv_s`` (the code release) or before it (ours)."""
-BRIDGES = ("conv-pool", "pool-conv")
-LAYOUTS: tuple[str, ...] = ("uniform", "fan-in")
+BRIDGES = get_args(Bridge)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)
